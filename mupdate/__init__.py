@@ -1,0 +1,2 @@
+"""MUPDATE master and slave for Cyrus IMAP murders."""
+__version__ = "0.1.0"

@@ -1,0 +1,24 @@
+"""Configuration: imapd.conf records, then typed settings per role (style.md §8)."""
+
+from mupdate.config.imapdconf import ConfigFileError, ConfigRecord, parse_imapd_conf, read_imapd_conf
+from mupdate.config.settings import (
+    DEFAULT_LISTEN,
+    DEFAULT_PORT,
+    MasterSettings,
+    ServerSettings,
+    SettingsError,
+    master_settings,
+)
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_PORT",
+    "ConfigFileError",
+    "ConfigRecord",
+    "MasterSettings",
+    "ServerSettings",
+    "SettingsError",
+    "master_settings",
+    "parse_imapd_conf",
+    "read_imapd_conf",
+]

@@ -1,0 +1,202 @@
+"""Turn config records into a frozen settings object per role (protocol doc §13).
+
+Values are converted as Cyrus converts them (its boolean spellings; unit suffixes only on
+options Cyrus types as durations) and every error names file, line and key. Keys we do not
+use are skipped quietly, so one imapd.conf can serve Cyrus and us.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+from mupdate.config.imapdconf import ConfigRecord
+from mupdate.protocol.limits import ProtocolLimits
+
+DEFAULT_PORT: Final = 3905
+DEFAULT_LISTEN: Final = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
+DEFAULT_MECHANISMS: Final = ("PLAIN", "LOGIN")
+
+_TRUE: Final = frozenset({"1", "yes", "on", "true", "t", "y"})
+_FALSE: Final = frozenset({"0", "no", "off", "false", "f", "n"})
+_DURATION: Final = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
+
+
+class SettingsError(ValueError):
+    """A value that cannot be used; the message names where it came from."""
+
+
+def _where(record: ConfigRecord) -> str:
+    return f"{record.source}:{record.line}: {record.key}"
+
+
+def parse_bool(record: ConfigRecord) -> bool:
+    value = record.value.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{_where(record)}: expected yes or no, got {record.value!r}")
+
+
+def parse_int(record: ConfigRecord, minimum: int = 0) -> int:
+    try:
+        value = int(record.value)
+    except ValueError:
+        raise SettingsError(f"{_where(record)}: expected a whole number, got {record.value!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{_where(record)}: must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_duration(record: ConfigRecord) -> float:
+    """Cyrus durations: a number of seconds, or ``1d2h3m4s`` style parts."""
+    match = _DURATION.match(record.value.strip().lower())
+    if not match or not record.value.strip():
+        raise SettingsError(f"{_where(record)}: expected a duration like 30, 30s, 5m, 3h, 1d; got {record.value!r}")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def parse_words(record: ConfigRecord) -> tuple[str, ...]:
+    return tuple(record.value.split())
+
+
+def parse_size(record: ConfigRecord) -> int:
+    """Bytes, with an optional K, M or G suffix (binary multiples)."""
+    text = record.value.strip().upper()
+    factor = 1
+    for suffix, mult in (("K", 1024), ("M", 1024**2), ("G", 1024**3)):
+        if text.endswith(suffix):
+            text, factor = text[:-1], mult
+            break
+    try:
+        value = int(text) * factor
+    except ValueError:
+        raise SettingsError(f"{_where(record)}: expected a size like 65536, 64K or 16M, got {record.value!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{_where(record)}: must be positive")
+    return value
+
+
+def last_values(records: Iterable[ConfigRecord]) -> dict[str, ConfigRecord]:
+    """Later lines win, as in Cyrus."""
+    result: dict[str, ConfigRecord] = {}
+    for record in records:
+        result[record.key] = record
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What every MUPDATE listener needs, master or slave."""
+
+    servername: str
+    configdirectory: Path
+    admins: frozenset[str] = frozenset()
+    credentials: Path | None = None
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    allow_plaintext: bool = False
+    loopback_plaintext: bool = True
+    mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS
+    failed_login_pause: float = 3.0
+    connections_max: int = 128
+    idle_timeout: float = 180 * 60.0
+    stream_buffer_max: int = 16 * 1024 * 1024
+    limits: ProtocolLimits = field(default_factory=ProtocolLimits)
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.credentials or self.configdirectory / "credentials"
+
+
+@dataclass(frozen=True, slots=True)
+class MasterSettings(ServerSettings):
+    tombstone_window: float = 24 * 3600.0
+    database: Path | None = None
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.configdirectory / "mupdate.sqlite3"
+
+
+def _limits(values: Mapping[str, ConfigRecord]) -> ProtocolLimits:
+    limits = ProtocolLimits()
+    changes: dict[str, int] = {}
+    for key, attr in (
+        ("mupdate_max_line", "max_line"),
+        ("mupdate_max_literal", "max_literal"),
+        ("mupdate_max_command", "max_command"),
+        ("mupdate_max_args", "max_args"),
+    ):
+        if key in values:
+            changes[attr] = parse_size(values[key]) if attr != "max_args" else parse_int(values[key], 1)
+    return replace(limits, **changes)
+
+
+def server_fields(values: Mapping[str, ConfigRecord], default_servername: str) -> dict[str, object]:
+    """The ServerSettings fields found in the file, converted."""
+    out: dict[str, object] = {"servername": default_servername, "limits": _limits(values)}
+    if "servername" in values:
+        out["servername"] = values["servername"].value
+    if "configdirectory" in values:
+        out["configdirectory"] = Path(values["configdirectory"].value)
+    if "admins" in values:
+        out["admins"] = frozenset(parse_words(values["admins"]))
+    if "mupdate_credentials" in values:
+        out["credentials"] = Path(values["mupdate_credentials"].value)
+    if "mupdate_listen" in values:
+        out["listen"] = parse_words(values["mupdate_listen"])
+    if "allowplaintext" in values:
+        out["allow_plaintext"] = parse_bool(values["allowplaintext"])
+    if "mupdate_loopback_plaintext" in values:
+        out["loopback_plaintext"] = parse_bool(values["mupdate_loopback_plaintext"])
+    if "sasl_mech_list" in values:
+        mechs = tuple(m.upper() for m in parse_words(values["sasl_mech_list"]))
+        unknown = [m for m in mechs if m not in DEFAULT_MECHANISMS]
+        if unknown:
+            raise SettingsError(
+                f"{_where(values['sasl_mech_list'])}: unsupported mechanism(s) {' '.join(unknown)}; "
+                f"supported: {' '.join(DEFAULT_MECHANISMS)}"
+            )
+        out["mechanisms"] = mechs
+    if "failedloginpause" in values:
+        out["failed_login_pause"] = parse_duration(values["failedloginpause"])
+    if "mupdate_connections_max" in values:
+        out["connections_max"] = parse_int(values["mupdate_connections_max"], 1)
+    if "mupdate_idle_timeout" in values:
+        out["idle_timeout"] = parse_duration(values["mupdate_idle_timeout"])
+    if "mupdate_stream_buffer_max" in values:
+        out["stream_buffer_max"] = parse_size(values["mupdate_stream_buffer_max"])
+    return out
+
+
+def master_settings(
+    records: Iterable[ConfigRecord],
+    *,
+    default_servername: str,
+    default_configdirectory: Path,
+    overrides: Mapping[str, object] | None = None,
+) -> MasterSettings:
+    """Defaults, then the file, then ``overrides`` (the twistd options)."""
+    values = last_values(records)
+    mode = values.get("mupdate_config")
+    if mode is not None and mode.value.lower() not in ("standard", "unified", "replicated"):
+        raise SettingsError(f"{_where(mode)}: expected standard, unified or replicated")
+    if mode is not None and mode.value.lower() == "unified" and "mupdate_server" in values:
+        # Cyrus refuses too (§7.2): a unified server runs a slave, never the master.
+        raise SettingsError(f"{_where(mode)}: cannot run the mupdate master on a unified server")
+    fields = server_fields(values, default_servername)
+    fields.setdefault("configdirectory", default_configdirectory)
+    if "mupdate_tombstone_window" in values:
+        fields["tombstone_window"] = parse_duration(values["mupdate_tombstone_window"])
+    if "mupdate_database" in values:
+        fields["database"] = Path(values["mupdate_database"].value)
+    fields.update(overrides or {})
+    settings = MasterSettings(**fields)  # type: ignore[arg-type]  # fields are checked above
+    if not settings.servername:
+        raise SettingsError("servername must not be empty")
+    return settings

@@ -1,0 +1,131 @@
+"""Group commit: writes that arrive together are committed together (design.md "Durability").
+
+How it works: ``submit`` queues a change and returns a Deferred. When no commit is running,
+everything queued goes to the store as one transaction (one fsync) on the store's worker;
+changes submitted meanwhile form the next batch, so the batch size follows the load. After
+a batch is durable, ``on_committed`` runs first (the master publishes to streams there, so a
+change is queued to every streamer before its writer hears OK, §7.7) and then the Deferreds
+fire in submit order. If a commit fails, every write not yet durable is failed (answered NO,
+never OK) and ``on_failed`` lets the owner reload its index from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mupdate.db.store import Change, MailboxStore
+
+T = TypeVar("T")
+
+#: Runs a blocking call on the store's worker thread and returns its result as a Deferred.
+RunBlocking = Callable[[Callable[[], object]], Deferred[object]]
+
+
+class CommitFailed(Exception):
+    """The store could not make a batch durable; nothing in it was acknowledged."""
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T]):
+    change: Change
+    context: T
+    done: Deferred[None]
+
+
+class GroupCommitter(Generic[T]):
+    log = Logger()
+
+    def __init__(
+        self,
+        store: MailboxStore,
+        run_blocking: RunBlocking,
+        on_committed: Callable[[list[tuple[Change, T]]], None],
+        on_failed: Callable[[Failure], Deferred[None] | None] = lambda f: None,
+    ) -> None:
+        self._store = store
+        self._run = run_blocking
+        self._on_committed = on_committed
+        self._on_failed = on_failed
+        self._queue: list[_Pending[T]] = []
+        self._in_flight: list[_Pending[T]] = []
+        self._barriers: list[Deferred[None]] = []
+        self._recovering = False
+        self.batches = 0
+        self.committed = 0
+        self.largest_batch = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._in_flight or self._queue)
+
+    def submit(self, change: Change, context: T) -> Deferred[None]:
+        if self._recovering:
+            d: Deferred[None] = Deferred()
+            d.errback(CommitFailed("the store is recovering from a failed commit"))
+            return d
+        pending = _Pending(change, context, Deferred())
+        self._queue.append(pending)
+        if not self._in_flight:
+            self._start()
+        return pending.done
+
+    def barrier(self) -> Deferred[None]:
+        """Fires once everything submitted so far is durable (at once when idle)."""
+        if not self.busy:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._barriers.append(d)
+        return d
+
+    def _start(self) -> None:
+        batch, self._queue = self._queue, []
+        self._in_flight = batch
+        changes = [p.change for p in batch]
+        d = self._run(lambda: self._store.apply(changes))
+        d.addCallbacks(self._committed, self._failed)
+
+    def _committed(self, _: object) -> None:
+        batch, self._in_flight = self._in_flight, []
+        self.batches += 1
+        self.committed += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        try:
+            self._on_committed([(p.change, p.context) for p in batch])
+        finally:
+            for pending in batch:
+                pending.done.callback(None)
+            self._next()
+
+    def _next(self) -> None:
+        if self._queue:
+            self._start()
+            return
+        barriers, self._barriers = self._barriers, []
+        for b in barriers:
+            b.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        self.log.failure("commit of {count} change(s) failed; none acknowledged", failure, count=len(self._in_flight))
+        failed = self._in_flight + self._queue
+        self._in_flight, self._queue = [], []
+        barriers, self._barriers = self._barriers, []
+        self._recovering = True
+        for pending in failed:
+            pending.done.errback(CommitFailed(str(failure.value)))
+        for b in barriers:
+            b.errback(CommitFailed(str(failure.value)))
+
+        def recovered(_: object) -> None:
+            self._recovering = False
+
+        d = self._on_failed(failure)
+        if d is None:
+            self._recovering = False
+        else:
+            d.addBoth(recovered)

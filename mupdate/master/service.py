@@ -1,0 +1,197 @@
+"""The master's command handler: reads from the index, writes through rules and group commit.
+
+How it works: a write is decided by the pure rules (``rules.decide``) against the in-memory
+index, applied to the index at once (so the next write, from any connection, is decided
+against it), and submitted to the group committer. Its OK is sent only when its batch is
+durable and has been published to every stream (§7.7). A write that changes nothing is
+answered once everything before it is durable, so an OK never rests on an unwritten change.
+If a commit fails, every write not yet durable gets NO and the index is reloaded from disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mupdate.db.index import MailboxIndex
+from mupdate.db.store import Change, ExpireTombstones, MailboxStore, PutEntry, RemoveEntry
+from mupdate.logs import audit, text
+from mupdate.master.commit import GroupCommitter, RunBlocking
+from mupdate.master.rules import Apply, Refuse, Unchanged, decide
+from mupdate.master.streams import StreamChange, StreamHub, dump_chunks, entry_line
+from mupdate.model import MailboxEntry
+from mupdate.net.server import MupdateServerProtocol, Reply
+from mupdate.protocol import texts
+from mupdate.protocol.commands import Activate, Command, Deactivate, Delete, Find, List, Noop, Reserve, Update
+from mupdate.protocol.responses import Done, Status
+
+ROLE: Final = b"(master)"
+
+WriteCommand = Reserve | Activate | Deactivate | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """What the audit log and the streams need once a change is durable."""
+
+    user: str
+    command: str
+    old: MailboxEntry | None
+    new: MailboxEntry | None
+
+
+class MasterHandler:
+    log = Logger()
+    role = ROLE
+    read_only = False
+
+    def __init__(
+        self,
+        index: MailboxIndex,
+        store: MailboxStore,
+        run_blocking: RunBlocking,
+        clock: IReactorTime,
+        tombstone_window: float,
+    ) -> None:
+        self.index = index
+        self.hub = StreamHub()
+        self.clock = clock
+        self.tombstone_window = tombstone_window
+        self._store = store
+        self._run_blocking = run_blocking
+        self.committer: GroupCommitter[WriteContext | None] = GroupCommitter(
+            store, run_blocking, self._committed, self._reload
+        )
+
+    # -- CommandHandler ------------------------------------------------------------------
+
+    def handle(self, command: Command, session: MupdateServerProtocol) -> Reply | Deferred[Reply]:
+        match command:
+            case Noop():
+                return [Done(command.tag, Status.OK, texts.NOOP_DONE)]
+            case Find():
+                entry = self.index.get(command.name)
+                found = [entry_line(command.tag, entry)] if entry is not None else []
+                return [*found, Done(command.tag, Status.OK, texts.SEARCH_COMPLETED)]
+            case List():
+                entries = list(self.index.in_order(command.prefix))
+                return [dump_chunks(command.tag, entries), Done(command.tag, Status.OK, texts.LIST_COMPLETE)]
+            case Update():
+                return self._update(command, session)
+            case Reserve() | Activate() | Deactivate() | Delete():
+                return self._write(command, session)
+        raise AssertionError(f"the engine handed the master an unexpected {command!r}")
+
+    def connection_closed(self, session: MupdateServerProtocol) -> None:
+        self.hub.unsubscribe(session)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _update(self, command: Update, session: MupdateServerProtocol) -> Reply:
+        # Snapshot and subscription in the same reactor turn: no change can fall between
+        # the dump and the stream (§8.1); changes committed later queue behind the dump.
+        if command.hosts:
+            entries = list(self.index.for_servers(command.hosts))
+        else:
+            entries = list(self.index.in_order())
+        self.hub.subscribe(session, command.tag, command.hosts)
+        self.log.info(
+            "{user} at {peer} streaming {count} entries", user=session.user, peer=session.peer, count=len(entries)
+        )
+        return [dump_chunks(command.tag, entries), Done(command.tag, Status.OK, texts.STREAMING_STARTS)]
+
+    # -- writes ------------------------------------------------------------------------
+
+    def _write(self, command: WriteCommand, session: MupdateServerProtocol) -> Reply | Deferred[Reply]:
+        current = self.index.get(command.name)
+        decision = decide(
+            command,
+            current,
+            self.index.tombstone(command.name),
+            now=self.clock.seconds(),
+            tombstone_window=self.tombstone_window,
+        )
+        tag = command.tag
+        match decision:
+            case Refuse(text=reason):
+                self.log.info(
+                    "refused {command} {mailbox} from {user}: {reason}",
+                    command=type(command).__name__.upper(),
+                    mailbox=text(command.name),
+                    user=session.user,
+                    reason=text(reason),
+                )
+                return [Done(tag, Status.NO, reason)]
+            case Unchanged():
+                return self._answer(self.committer.barrier(), tag)
+            case Apply(change=change, old=old, new=new):
+                self.index.apply(change)
+                context = WriteContext(session.user or "?", type(command).__name__.upper(), old, new)
+                return self._answer(self.committer.submit(change, context), tag)
+        raise AssertionError(f"unknown decision {decision!r}")
+
+    @staticmethod
+    def _answer(durable: Deferred[None], tag: bytes) -> Deferred[Reply]:
+        def ok(_: object) -> Reply:
+            return [Done(tag, Status.OK, texts.DONE)]
+
+        def failed(_: Failure) -> Reply:
+            return [Done(tag, Status.NO, texts.STORAGE_FAILURE)]
+
+        return durable.addCallbacks(ok, failed)
+
+    def _committed(self, batch: list[tuple[Change, WriteContext | None]]) -> None:
+        changes: list[StreamChange] = []
+        for change, context in batch:
+            if context is None or isinstance(change, ExpireTombstones):
+                continue
+            old, new = context.old, context.new
+            audit.info(
+                "{user} {command} {mailbox}: {old_location} -> {location}",
+                user=context.user,
+                command=context.command,
+                mailbox=text(_name_of(change)),
+                old_location=text(old.location) if old else "-",
+                location=text(new.location) if new else "-",
+                state=new.state.value if new else "deleted",
+            )
+            changes.append(StreamChange(_name_of(change), old.server if old else None, new))
+        self.hub.publish(changes)
+
+    def _reload(self, failure: Failure) -> Deferred[None]:
+        """After a failed commit the index may hold unacknowledged changes: reload it."""
+        self.log.critical("storage failure; reloading the mailbox list from disk: {reason}", reason=str(failure.value))
+
+        def load() -> tuple[list[MailboxEntry], list[object]]:
+            return self._store.load_entries(), list(self._store.load_tombstones())
+
+        def replace(loaded: object) -> None:
+            entries, tombstones = loaded  # type: ignore[misc]
+            self.index = MailboxIndex(entries, tombstones)  # type: ignore[arg-type]
+            self.log.info("reloaded {count} entries after storage failure", count=len(self.index))
+
+        d = self._run_blocking(load)
+        d.addCallback(replace)
+        return d
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def expire_tombstones(self) -> Deferred[None] | None:
+        before = self.clock.seconds() - self.tombstone_window
+        change = ExpireTombstones(before)
+        self.index.apply(change)
+        return self.committer.submit(change, None)
+
+
+def _name_of(change: Change) -> bytes:
+    if isinstance(change, PutEntry):
+        return change.entry.name
+    if isinstance(change, RemoveEntry):
+        return change.name
+    raise AssertionError("tombstone expiry has no name")
+

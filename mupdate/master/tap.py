@@ -1,0 +1,177 @@
+"""``twistd mupdate-master``: options, settings and the service tree (style.md §5).
+
+With no ``--config`` the master runs on its embedded default: 127.0.0.1 port 3905, SQLite
+in ``./mupdate-data`` (or ``--data-dir``), admin ``admin`` with a generated password that
+is printed once and stored only as a salted hash.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from mupdate.config import ConfigFileError, MasterSettings, SettingsError, master_settings, read_imapd_conf
+from mupdate.db.index import MailboxIndex
+from mupdate.db.lock import DirectoryLock, DirectoryLocked
+from mupdate.db.sqlite import SqliteStore
+from mupdate.master.service import MasterHandler
+from mupdate.net.server import MupdateServerFactory
+from mupdate.sasl.credentials import CredentialsFile, hash_password, write_credentials
+
+DEFAULT_DATA_DIR = Path("mupdate-data")
+DEFAULT_ADMIN = "admin"
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--port ENDPOINT ...] [--data-dir DIR]"
+    optParameters = [
+        ["config", "c", None, "imapd.conf-style configuration file (Cyrus option names)"],
+        ["data-dir", "d", None, "directory for the database and credentials (overrides configdirectory)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+
+    def opt_port(self, endpoint: str) -> None:
+        """Listen on this Twisted endpoint, e.g. tcp:3905:interface=127.0.0.1 (repeatable;
+        overrides mupdate_listen)."""
+        self["port"].append(endpoint)
+
+    opt_p = opt_port
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = build_settings(self["config"], self["data-dir"], self["port"])
+        except (ConfigFileError, SettingsError) as exc:
+            raise usage.UsageError(str(exc)) from exc
+
+
+def build_settings(config: str | None, data_dir: str | None, ports: list[str]) -> MasterSettings:
+    overrides: dict[str, object] = {}
+    if data_dir:
+        overrides["configdirectory"] = Path(data_dir)
+    if ports:
+        overrides["listen"] = tuple(ports)
+    records = read_imapd_conf(config) if config else []
+    if not config:
+        overrides.setdefault("admins", frozenset({DEFAULT_ADMIN}))
+    settings = master_settings(
+        records,
+        default_servername=socket.gethostname(),
+        default_configdirectory=DEFAULT_DATA_DIR,
+        overrides=overrides,
+    )
+    if not settings.admins:
+        raise SettingsError("admins is empty: nobody could log in (set 'admins: USER ...')")
+    return settings
+
+
+def ensure_default_credential(settings: MasterSettings, out: TextIO) -> None:
+    """First start on the embedded default: make an admin password and show it once."""
+    path = settings.credentials_path
+    if path.exists():
+        return
+    password = secrets.token_urlsafe(18)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_credentials(path, {DEFAULT_ADMIN: hash_password(password)})
+    out.write(
+        f"mupdate-master: generated admin credential (shown once, stored hashed in {path}):\n"
+        f"  user: {DEFAULT_ADMIN}\n  password: {password}\n"
+    )
+    out.flush()
+
+
+class PasswordChecker:
+    """Runs the slow hash check on its own thread pool."""
+
+    def __init__(self, credentials: CredentialsFile, reactor: IReactorThreads, pool: ThreadPool) -> None:
+        self._credentials = credentials
+        self._reactor = reactor
+        self._pool = pool
+
+    def check(self, user: str, password: bytes) -> Deferred[bool]:
+        return deferToThreadPool(self._reactor, self._pool, self._credentials.verify, user, password)
+
+
+class MasterService(MultiService):
+    """Owns the worker threads and the store; stops only when writes are drained."""
+
+    log = Logger()
+
+    def __init__(self, settings: MasterSettings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        settings.configdirectory.mkdir(parents=True, exist_ok=True)
+        self.lock = DirectoryLock(settings.configdirectory)
+        self.lock.acquire()
+        self.store_pool = ThreadPool(minthreads=1, maxthreads=1, name="mupdate-store")
+        self.auth_pool = ThreadPool(minthreads=1, maxthreads=2, name="mupdate-auth")
+        self.store = SqliteStore(settings.database_path)
+        self.index = MailboxIndex(self.store.load_entries(), self.store.load_tombstones())
+
+        def run_blocking(call: Any) -> Deferred[Any]:
+            return deferToThreadPool(reactor, self.store_pool, call)
+
+        self.handler = MasterHandler(self.index, self.store, run_blocking, reactor, settings.tombstone_window)
+        checker = PasswordChecker(CredentialsFile(settings.credentials_path), reactor, self.auth_pool)
+        self.factory = MupdateServerFactory(settings, self.handler, checker, reactor)
+        self.listeners: list[StreamServerEndpointService] = []
+        for description in settings.listen:
+            listener = StreamServerEndpointService(serverFromString(reactor, description), self.factory)
+            listener._raiseSynchronously = True  # a port in use stops twistd at once
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+        housekeeping = TimerService(min(3600.0, max(60.0, settings.tombstone_window / 10)), self.handler.expire_tombstones)
+        housekeeping.clock = reactor
+        housekeeping.setServiceParent(self)
+
+    def startService(self) -> None:
+        self.store_pool.start()
+        self.auth_pool.start()
+        super().startService()
+        self.log.info(
+            "mupdate master {servername} serving {count} entries from {path} on {listen}",
+            servername=self.settings.servername,
+            count=len(self.index),
+            path=str(self.settings.database_path),
+            listen=" ".join(self.settings.listen),
+        )
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        yield super().stopService()  # listeners first: no new connections
+        for session in list(self.factory.sessions):
+            if session.transport is not None:
+                session.transport.loseConnection()
+        yield self.handler.committer.barrier()
+        self.store_pool.callInThread(self.store.close)
+        self.store_pool.stop()
+        self.auth_pool.stop()
+        self.lock.release()
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    settings: MasterSettings = options["settings"]
+    if not options["config"]:
+        ensure_default_credential(settings, sys.stdout)
+    try:
+        return MasterService(settings, reactor)
+    except DirectoryLocked as exc:
+        raise SystemExit(f"mupdate-master: {exc}: is another master running?") from exc

@@ -1,0 +1,1 @@
+"""Command-line tools: mupdate-passwd (and later mupdate-client, mupdate-push)."""
