@@ -41,15 +41,28 @@ def start_master(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     creds = workdir / "credentials"
     subprocess.run(
         [sys.executable, "-m", "mupdate.tools.passwd", "--file", str(creds), "add", "admin"],
-        input=b"secret\n", env=env, check=True, timeout=60,
+        input=b"secret\n",
+        env=env,
+        check=True,
+        timeout=60,
     )
     conf = workdir / "master.conf"
     conf.write_text(
         f"servername: bench\nconfigdirectory: {workdir / 'db'}\nadmins: admin\n"
         f"mupdate_credentials: {creds}\nmupdate_connections_max: 1000\n"
     )
-    argv = [sys.executable, "-m", "twisted", "-n", "--pidfile=", "mupdate-master",
-            "--config", str(conf), "--port", f"tcp:{port}:interface={HOST}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "twisted",
+        "-n",
+        "--pidfile=",
+        "mupdate-master",
+        "--config",
+        str(conf),
+        "--port",
+        f"tcp:{port}:interface={HOST}",
+    ]
     log = open(workdir / "twistd.log", "wb")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -60,7 +73,9 @@ class Client:
 
     @classmethod
     async def connect(cls, port: int) -> Client:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port, limit=1 << 24), TIMEOUT)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(HOST, port, limit=1 << 24), TIMEOUT
+        )
         c = cls(reader, writer)
         while not (await c.line()).startswith(b"* OK"):
             pass
@@ -79,7 +94,11 @@ class Client:
             line = await self.line()
             if not line:
                 raise ConnectionError("closed")
-            if line.startswith(prefix) and line[len(prefix) : len(prefix) + 2] in (b"OK", b"NO", b"BA"):
+            if line.startswith(prefix) and line[len(prefix) : len(prefix) + 2] in (
+                b"OK",
+                b"NO",
+                b"BA",
+            ):
                 return line
 
     async def command(self, text: bytes) -> float:
@@ -106,7 +125,9 @@ async def write_load(port: int, clients: int, ops: int, prefix: str) -> dict[str
         for k in range(per_client):
             name = f'"user.{prefix}.c{i}.m{k}"'.encode()
             latencies["RESERVE"].append(await c.command(b"RESERVE " + name + b' "be1!default"'))
-            latencies["ACTIVATE"].append(await c.command(b"ACTIVATE " + name + b' "be1!default" "u\tlrs\t"'))
+            latencies["ACTIVATE"].append(
+                await c.command(b"ACTIVATE " + name + b' "be1!default" "u\tlrs\t"')
+            )
 
     started = time.perf_counter()
     await asyncio.gather(*(run(i, c) for i, c in enumerate(conns)))
@@ -133,7 +154,9 @@ async def populate(port: int, size: int) -> None:
         batch: list[bytes] = []
         for k in names:
             c.n += 1
-            batch.append(b'P%d ACTIVATE "user.list%07d" "be%d!default" "u\tlrs\t"\r\n' % (c.n, k, k % 4))
+            batch.append(
+                b'P%d ACTIVATE "user.list%07d" "be%d!default" "u\tlrs\t"\r\n' % (c.n, k, k % 4)
+            )
             if len(batch) == 500:
                 c.writer.write(b"".join(batch))
                 await c.until(b"P%d" % c.n)
@@ -163,8 +186,12 @@ async def dump_time(port: int, verb: bytes, expected: int) -> dict[str, object]:
     elapsed = time.perf_counter() - started
     c.writer.close()
     assert count >= expected, (count, expected)
-    return {"figure": f"{verb.decode().lower()}_dump", "entries": count, "seconds": round(elapsed, 3),
-            "records_per_s": round(count / elapsed)}
+    return {
+        "figure": f"{verb.decode().lower()}_dump",
+        "entries": count,
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(count / elapsed),
+    }
 
 
 async def main_async(args: argparse.Namespace, port: int) -> list[dict[str, object]]:
@@ -179,7 +206,9 @@ async def main_async(args: argparse.Namespace, port: int) -> list[dict[str, obje
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ops", type=int, default=2000, help="write commands per scenario (pairs x2)")
+    parser.add_argument(
+        "--ops", type=int, default=2000, help="write commands per scenario (pairs x2)"
+    )
     parser.add_argument("--list-size", type=int, default=100_000)
     parser.add_argument("--json", action="store_true", help="JSON lines only")
     args = parser.parse_args()

@@ -1,2 +1,3 @@
 """MUPDATE master and slave for Cyrus IMAP murders."""
+
 __version__ = "0.1.0"

@@ -1,6 +1,11 @@
 """Configuration: imapd.conf records, then typed settings per role (style.md §8)."""
 
-from mupdate.config.imapdconf import ConfigFileError, ConfigRecord, parse_imapd_conf, read_imapd_conf
+from mupdate.config.imapdconf import (
+    ConfigFileError,
+    ConfigRecord,
+    parse_imapd_conf,
+    read_imapd_conf,
+)
 from mupdate.config.settings import (
     DEFAULT_LISTEN,
     DEFAULT_PORT,

@@ -46,7 +46,9 @@ def parse_int(record: ConfigRecord, minimum: int = 0) -> int:
     try:
         value = int(record.value)
     except ValueError:
-        raise SettingsError(f"{_where(record)}: expected a whole number, got {record.value!r}") from None
+        raise SettingsError(
+            f"{_where(record)}: expected a whole number, got {record.value!r}"
+        ) from None
     if value < minimum:
         raise SettingsError(f"{_where(record)}: must be at least {minimum}, got {value}")
     return value
@@ -56,7 +58,9 @@ def parse_duration(record: ConfigRecord) -> float:
     """Cyrus durations: a number of seconds, or ``1d2h3m4s`` style parts."""
     match = _DURATION.match(record.value.strip().lower())
     if not match or not record.value.strip():
-        raise SettingsError(f"{_where(record)}: expected a duration like 30, 30s, 5m, 3h, 1d; got {record.value!r}")
+        raise SettingsError(
+            f"{_where(record)}: expected a duration like 30, 30s, 5m, 3h, 1d; got {record.value!r}"
+        )
     days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
     return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
@@ -76,7 +80,9 @@ def parse_size(record: ConfigRecord) -> int:
     try:
         value = int(text) * factor
     except ValueError:
-        raise SettingsError(f"{_where(record)}: expected a size like 65536, 64K or 16M, got {record.value!r}") from None
+        raise SettingsError(
+            f"{_where(record)}: expected a size like 65536, 64K or 16M, got {record.value!r}"
+        ) from None
     if value <= 0:
         raise SettingsError(f"{_where(record)}: must be positive")
     return value
@@ -133,7 +139,9 @@ def _limits(values: Mapping[str, ConfigRecord]) -> ProtocolLimits:
         ("mupdate_max_args", "max_args"),
     ):
         if key in values:
-            changes[attr] = parse_size(values[key]) if attr != "max_args" else parse_int(values[key], 1)
+            changes[attr] = (
+                parse_size(values[key]) if attr != "max_args" else parse_int(values[key], 1)
+            )
     return replace(limits, **changes)
 
 

@@ -26,7 +26,9 @@ class DirectoryLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise DirectoryLocked(f"{self.path.parent} is in use by another mupdate process") from None
+            raise DirectoryLocked(
+                f"{self.path.parent} is in use by another mupdate process"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -111,7 +111,11 @@ class GroupCommitter(Generic[T]):
             b.callback(None)
 
     def _failed(self, failure: Failure) -> None:
-        self.log.failure("commit of {count} change(s) failed; none acknowledged", failure, count=len(self._in_flight))
+        self.log.failure(
+            "commit of {count} change(s) failed; none acknowledged",
+            failure,
+            count=len(self._in_flight),
+        )
         failed = self._in_flight + self._queue
         self._in_flight, self._queue = [], []
         barriers, self._barriers = self._barriers, []

@@ -27,7 +27,17 @@ from mupdate.master.streams import StreamChange, StreamHub, dump_chunks, entry_l
 from mupdate.model import MailboxEntry
 from mupdate.net.server import MupdateServerProtocol, Reply
 from mupdate.protocol import texts
-from mupdate.protocol.commands import Activate, Command, Deactivate, Delete, Find, List, Noop, Reserve, Update
+from mupdate.protocol.commands import (
+    Activate,
+    Command,
+    Deactivate,
+    Delete,
+    Find,
+    List,
+    Noop,
+    Reserve,
+    Update,
+)
 from mupdate.protocol.responses import Done, Status
 
 ROLE: Final = b"(master)"
@@ -80,7 +90,10 @@ class MasterHandler:
                 return [*found, Done(command.tag, Status.OK, texts.SEARCH_COMPLETED)]
             case List():
                 entries = list(self.index.in_order(command.prefix))
-                return [dump_chunks(command.tag, entries), Done(command.tag, Status.OK, texts.LIST_COMPLETE)]
+                return [
+                    dump_chunks(command.tag, entries),
+                    Done(command.tag, Status.OK, texts.LIST_COMPLETE),
+                ]
             case Update():
                 return self._update(command, session)
             case Reserve() | Activate() | Deactivate() | Delete():
@@ -101,13 +114,21 @@ class MasterHandler:
             entries = list(self.index.in_order())
         self.hub.subscribe(session, command.tag, command.hosts)
         self.log.info(
-            "{user} at {peer} streaming {count} entries", user=session.user, peer=session.peer, count=len(entries)
+            "{user} at {peer} streaming {count} entries",
+            user=session.user,
+            peer=session.peer,
+            count=len(entries),
         )
-        return [dump_chunks(command.tag, entries), Done(command.tag, Status.OK, texts.STREAMING_STARTS)]
+        return [
+            dump_chunks(command.tag, entries),
+            Done(command.tag, Status.OK, texts.STREAMING_STARTS),
+        ]
 
     # -- writes ------------------------------------------------------------------------
 
-    def _write(self, command: WriteCommand, session: MupdateServerProtocol) -> Reply | Deferred[Reply]:
+    def _write(
+        self, command: WriteCommand, session: MupdateServerProtocol
+    ) -> Reply | Deferred[Reply]:
         current = self.index.get(command.name)
         decision = decide(
             command,
@@ -131,7 +152,9 @@ class MasterHandler:
                 return self._answer(self.committer.barrier(), tag)
             case Apply(change=change, old=old, new=new):
                 self.index.apply(change)
-                context = WriteContext(session.user or "?", type(command).__name__.upper(), old, new)
+                context = WriteContext(
+                    session.user or "?", type(command).__name__.upper(), old, new
+                )
                 return self._answer(self.committer.submit(change, context), tag)
         raise AssertionError(f"unknown decision {decision!r}")
 
@@ -165,19 +188,22 @@ class MasterHandler:
 
     def _reload(self, failure: Failure) -> Deferred[None]:
         """After a failed commit the index may hold unacknowledged changes: reload it."""
-        self.log.critical("storage failure; reloading the mailbox list from disk: {reason}", reason=str(failure.value))
+        self.log.critical(
+            "storage failure; reloading the mailbox list from disk: {reason}",
+            reason=str(failure.value),
+        )
 
-        def load() -> tuple[list[MailboxEntry], list[object]]:
-            return self._store.load_entries(), list(self._store.load_tombstones())
+        def load() -> MailboxIndex:
+            return MailboxIndex(self._store.load_entries(), self._store.load_tombstones())
 
-        def replace(loaded: object) -> None:
-            entries, tombstones = loaded  # type: ignore[misc]
-            self.index = MailboxIndex(entries, tombstones)  # type: ignore[arg-type]
-            self.log.info("reloaded {count} entries after storage failure", count=len(self.index))
+        def replace(index: object) -> None:
+            assert isinstance(index, MailboxIndex)
+            self.index = index
+            self.log.info("reloaded {count} entries after storage failure", count=len(index))
 
         d = self._run_blocking(load)
         d.addCallback(replace)
-        return d
+        return d  # type: ignore[return-value]  # fires with None after replace()
 
     # -- housekeeping --------------------------------------------------------------------
 
@@ -194,4 +220,3 @@ def _name_of(change: Change) -> bytes:
     if isinstance(change, RemoveEntry):
         return change.name
     raise AssertionError("tombstone expiry has no name")
-

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mupdate.model import MailboxEntry
-from mupdate.protocol.responses import DeleteLine, MailboxLine, ReserveLine, Response, render_response
+from mupdate.protocol.responses import (
+    DeleteLine,
+    MailboxLine,
+    ReserveLine,
+    Response,
+    render_response,
+)
 
 _PLACEHOLDER = b"*"
 

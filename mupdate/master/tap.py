@@ -23,7 +23,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from mupdate.config import ConfigFileError, MasterSettings, SettingsError, master_settings, read_imapd_conf
+from mupdate.config import (
+    ConfigFileError,
+    MasterSettings,
+    SettingsError,
+    master_settings,
+    read_imapd_conf,
+)
 from mupdate.db.index import MailboxIndex
 from mupdate.db.lock import DirectoryLock, DirectoryLocked
 from mupdate.db.sqlite import SqliteStore
@@ -37,9 +43,14 @@ DEFAULT_ADMIN = "admin"
 
 class Options(usage.Options):
     synopsis = "[--config FILE] [--port ENDPOINT ...] [--data-dir DIR]"
-    optParameters = [
+    optParameters = [  # noqa: RUF012 - twisted.python.usage API
         ["config", "c", None, "imapd.conf-style configuration file (Cyrus option names)"],
-        ["data-dir", "d", None, "directory for the database and credentials (overrides configdirectory)"],
+        [
+            "data-dir",
+            "d",
+            None,
+            "directory for the database and credentials (overrides configdirectory)",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -98,13 +109,17 @@ def ensure_default_credential(settings: MasterSettings, out: TextIO) -> None:
 class PasswordChecker:
     """Runs the slow hash check on its own thread pool."""
 
-    def __init__(self, credentials: CredentialsFile, reactor: IReactorThreads, pool: ThreadPool) -> None:
+    def __init__(
+        self, credentials: CredentialsFile, reactor: IReactorThreads, pool: ThreadPool
+    ) -> None:
         self._credentials = credentials
         self._reactor = reactor
         self._pool = pool
 
     def check(self, user: str, password: bytes) -> Deferred[bool]:
-        return deferToThreadPool(self._reactor, self._pool, self._credentials.verify, user, password)
+        return deferToThreadPool(
+            self._reactor, self._pool, self._credentials.verify, user, password
+        )
 
 
 class MasterService(MultiService):
@@ -127,16 +142,24 @@ class MasterService(MultiService):
         def run_blocking(call: Any) -> Deferred[Any]:
             return deferToThreadPool(reactor, self.store_pool, call)
 
-        self.handler = MasterHandler(self.index, self.store, run_blocking, reactor, settings.tombstone_window)
-        checker = PasswordChecker(CredentialsFile(settings.credentials_path), reactor, self.auth_pool)
+        self.handler = MasterHandler(
+            self.index, self.store, run_blocking, reactor, settings.tombstone_window
+        )
+        checker = PasswordChecker(
+            CredentialsFile(settings.credentials_path), reactor, self.auth_pool
+        )
         self.factory = MupdateServerFactory(settings, self.handler, checker, reactor)
         self.listeners: list[StreamServerEndpointService] = []
         for description in settings.listen:
-            listener = StreamServerEndpointService(serverFromString(reactor, description), self.factory)
+            listener = StreamServerEndpointService(
+                serverFromString(reactor, description), self.factory
+            )
             listener._raiseSynchronously = True  # a port in use stops twistd at once
             listener.setServiceParent(self)
             self.listeners.append(listener)
-        housekeeping = TimerService(min(3600.0, max(60.0, settings.tombstone_window / 10)), self.handler.expire_tombstones)
+        housekeeping = TimerService(
+            min(3600.0, max(60.0, settings.tombstone_window / 10)), self.handler.expire_tombstones
+        )
         housekeeping.clock = reactor
         housekeeping.setServiceParent(self)
 

@@ -29,7 +29,14 @@ from mupdate.config.settings import ServerSettings
 from mupdate.logs import text
 from mupdate.net.output import OutputQueue
 from mupdate.protocol import texts
-from mupdate.protocol.commands import Authenticate, Command, Compress, Logout, SaslResponse, Starttls
+from mupdate.protocol.commands import (
+    Authenticate,
+    Command,
+    Compress,
+    Logout,
+    SaslResponse,
+    Starttls,
+)
 from mupdate.protocol.errors import PeerError
 from mupdate.protocol.responses import Bye, Done, Greeting, Response, SaslChallenge, Status
 from mupdate.protocol.server import NEED_DATA, PAUSED, ServerConnection
@@ -52,7 +59,9 @@ class CommandHandler(TypingProtocol):
     role: bytes
     read_only: bool
 
-    def handle(self, command: Command, session: MupdateServerProtocol) -> Reply | Deferred[Reply]: ...
+    def handle(
+        self, command: Command, session: MupdateServerProtocol
+    ) -> Reply | Deferred[Reply]: ...
 
     def connection_closed(self, session: MupdateServerProtocol) -> None: ...
 
@@ -94,7 +103,7 @@ class MupdateServerFactory(Factory):
         self.sessions: set[MupdateServerProtocol] = set()
         self.counters = ServerCounters()
 
-    def buildProtocol(self, addr: IAddress) -> MupdateServerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> MupdateServerProtocol:
         return MupdateServerProtocol(self)
 
 
@@ -121,11 +130,17 @@ class MupdateServerProtocol(Protocol):
         transport = self.transport
         assert transport is not None
         self.peer = str(transport.getPeer())
-        self.output = OutputQueue(transport, self.settings.stream_buffer_max, self._overflow, self._pump)
+        self.output = OutputQueue(
+            transport, self.settings.stream_buffer_max, self._overflow, self._pump
+        )
         transport.registerProducer(self.output, True)  # type: ignore[attr-defined]
         if len(self.factory.sessions) >= self.settings.connections_max:
             self.factory.counters.refused_connections += 1
-            self.log.warn("refusing {peer}: {count} connections open", peer=self.peer, count=len(self.factory.sessions))
+            self.log.warn(
+                "refusing {peer}: {count} connections open",
+                peer=self.peer,
+                count=len(self.factory.sessions),
+            )
             self._bye(texts.SERVER_UNABLE, trailing_nul=True)
             return
         self.factory.sessions.add(self)
@@ -197,7 +212,9 @@ class MupdateServerProtocol(Protocol):
 
     def _overflow(self) -> None:
         self.log.warn(
-            "closing {peer}: more than {count} bytes of output unread", peer=self.peer, count=self.settings.stream_buffer_max
+            "closing {peer}: more than {count} bytes of output unread",
+            peer=self.peer,
+            count=self.settings.stream_buffer_max,
         )
         self._bye(texts.OUTPUT_OVERFLOW)
 
@@ -205,7 +222,9 @@ class MupdateServerProtocol(Protocol):
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(self.settings.idle_timeout)
         else:
-            self._idle_call = self.factory.clock.callLater(self.settings.idle_timeout, self._idle_timeout)
+            self._idle_call = self.factory.clock.callLater(
+                self.settings.idle_timeout, self._idle_timeout
+            )
 
     def _idle_timeout(self) -> None:
         self.log.info("closing idle connection {peer}", peer=self.peer)
@@ -223,7 +242,9 @@ class MupdateServerProtocol(Protocol):
             except PeerError as exc:
                 self._flush_engine()
                 if isinstance(exc.response, Bye):
-                    self.log.warn("closing {peer}: {reason}", peer=self.peer, reason=text(exc.response.text))
+                    self.log.warn(
+                        "closing {peer}: {reason}", peer=self.peer, reason=text(exc.response.text)
+                    )
                     self._bye(exc.response.text)
                     return
                 self._send(exc.response)
@@ -280,7 +301,10 @@ class MupdateServerProtocol(Protocol):
 
     def _handler_failed(self, failure: Failure, event: Command) -> None:
         self.log.failure(
-            "command {command} from {peer} failed", failure, command=type(event).__name__, peer=self.peer
+            "command {command} from {peer} failed",
+            failure,
+            command=type(event).__name__,
+            peer=self.peer,
         )
         self._send(Done(event.tag, Status.NO, texts.INTERNAL_ERROR))
 
@@ -295,7 +319,11 @@ class MupdateServerProtocol(Protocol):
         """Plaintext passwords are allowed here (TLS arrives with its own issue)."""
         if self.settings.allow_plaintext:
             return True
-        return self.settings.loopback_plaintext and self.transport is not None and is_loopback(self.transport.getPeer())
+        return (
+            self.settings.loopback_plaintext
+            and self.transport is not None
+            and is_loopback(self.transport.getPeer())
+        )
 
     def offered_mechanisms(self) -> tuple[str, ...]:
         secure = self.secure()
@@ -317,7 +345,9 @@ class MupdateServerProtocol(Protocol):
         mech_name = event.mechanism.decode("ascii", "replace").upper()
         mechanism = server_mechanism(mech_name) if mech_name in self.offered_mechanisms() else None
         if mechanism is None:
-            self._auth_failed(f"mechanism {mech_name!r} not offered", texts.AUTH_MECHANISM_UNAVAILABLE)
+            self._auth_failed(
+                f"mechanism {mech_name!r} not offered", texts.AUTH_MECHANISM_UNAVAILABLE
+            )
             return
         self._mechanism = mechanism
         initial: bytes | None = None
@@ -362,7 +392,9 @@ class MupdateServerProtocol(Protocol):
 
     def _check_password(self, step: CheckPassword) -> None:
         if step.authcid not in self.settings.admins:
-            self._auth_failed(f"{step.authcid!r} is not an admin", texts.AUTH_FAILED, user=step.authcid)
+            self._auth_failed(
+                f"{step.authcid!r} is not an admin", texts.AUTH_FAILED, user=step.authcid
+            )
             return
         self._busy = True
         d = self.factory.authenticator.check(step.authcid, step.password)
@@ -370,7 +402,9 @@ class MupdateServerProtocol(Protocol):
         def checked(ok: bool) -> None:
             self._busy = False
             if not ok:
-                self._auth_failed("wrong password or unknown user", texts.AUTH_FAILED, user=step.authcid)
+                self._auth_failed(
+                    "wrong password or unknown user", texts.AUTH_FAILED, user=step.authcid
+                )
                 return
             self.user = step.authzid or step.authcid
             self._mechanism = None
@@ -389,7 +423,12 @@ class MupdateServerProtocol(Protocol):
     def _auth_failed(self, reason: str, reply: bytes, user: str | None = None) -> None:
         """After ``failedloginpause`` (Cyrus: 3 s), a tagged NO; Cyrus clients read the prefix."""
         self.factory.counters.failed_logins += 1
-        self.log.warn("failed login from {peer} as {user}: {reason}", peer=self.peer, user=user or "?", reason=reason)
+        self.log.warn(
+            "failed login from {peer} as {user}: {reason}",
+            peer=self.peer,
+            user=user or "?",
+            reason=reason,
+        )
         self._mechanism = None
         self._busy = True
         tag = self._auth_tag

@@ -26,7 +26,9 @@ class CredentialsError(ValueError):
     """The credentials file is unreadable or malformed; names file and line."""
 
 
-def hash_password(password: str, *, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None) -> str:
+def hash_password(
+    password: str, *, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None
+) -> str:
     salt = salt if salt is not None else secrets.token_bytes(16)
     digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
     b64 = base64.b64encode
@@ -39,7 +41,9 @@ def check_password(password: bytes, encoded: str) -> bool:
         if scheme != SCHEME:
             return False
         expected = base64.b64decode(digest, validate=True)
-        actual = hashlib.pbkdf2_hmac("sha256", password, base64.b64decode(salt, validate=True), int(iterations))
+        actual = hashlib.pbkdf2_hmac(
+            "sha256", password, base64.b64decode(salt, validate=True), int(iterations)
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(expected, actual)

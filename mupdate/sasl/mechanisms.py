@@ -35,7 +35,8 @@ Step = Challenge | CheckPassword | Failure
 
 
 class ServerMechanism(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def start(self, initial: bytes | None) -> Step: ...
 
@@ -126,7 +127,8 @@ def server_mechanism(name: str) -> ServerMechanism | None:
 
 
 class ClientMechanism(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def initial(self) -> bytes | None: ...
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TextIO
 
 from mupdate.db.export import export_entries, import_entries
@@ -19,12 +18,16 @@ from mupdate.db.sqlite import SqliteStore
 from mupdate.master.tap import build_settings
 
 
-def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+def main(
+    argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     parser = argparse.ArgumentParser(prog="mupdate-admin", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="the master's config file")
-    parser.add_argument("--data-dir", help="the master's data directory (overrides configdirectory)")
+    parser.add_argument(
+        "--data-dir", help="the master's data directory (overrides configdirectory)"
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("export", help="write the whole list as JSON to stdout")
     sub.add_parser("import", help="replace the whole list with JSON from stdin (master stopped)")

@@ -41,11 +41,15 @@ def read_password(stdin: TextIO) -> str:
     return password
 
 
-def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+def main(
+    argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     parser = argparse.ArgumentParser(prog="mupdate-passwd", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--file", required=True, type=Path, help="credentials file (created if missing)")
+    parser.add_argument(
+        "--file", required=True, type=Path, help="credentials file (created if missing)"
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     add = sub.add_parser("add", help="add or replace a user; password from stdin or a prompt")
     add.add_argument("user")
@@ -63,7 +67,10 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
             print(user, file=stdout)
         return 0
     if ":" in args.user or not args.user.strip() or args.user != args.user.strip():
-        print("mupdate-passwd: a user name must be non-empty, without ':' or surrounding blanks", file=sys.stderr)
+        print(
+            "mupdate-passwd: a user name must be non-empty, without ':' or surrounding blanks",
+            file=sys.stderr,
+        )
         return 2
     if args.action == "del":
         if users.pop(args.user, None) is None:

@@ -54,7 +54,9 @@ def test_plain_with_literal_initial_response(rig):
     conn = rig.connect()
     conn.take()
     ir = base64.b64encode(f"\0{ADMIN}\0{PASSWORD}".encode())
-    assert conn.send(b'A01 AUTHENTICATE "PLAIN" ' + lit(ir) + b"\r\n") == b'A01 OK "Authenticated"\r\n'
+    assert (
+        conn.send(b'A01 AUTHENTICATE "PLAIN" ' + lit(ir) + b"\r\n") == b'A01 OK "Authenticated"\r\n'
+    )
     assert conn.proto.user == ADMIN
 
 
@@ -70,7 +72,10 @@ def test_login_mechanism_exchange(rig):
     conn = rig.connect()
     conn.take()
     assert conn.send(b'L1 AUTHENTICATE "LOGIN"\r\n') == base64.b64encode(b"Username:") + b"\r\n"
-    assert conn.send(base64.b64encode(ADMIN.encode()) + b"\r\n") == base64.b64encode(b"Password:") + b"\r\n"
+    assert (
+        conn.send(base64.b64encode(ADMIN.encode()) + b"\r\n")
+        == base64.b64encode(b"Password:") + b"\r\n"
+    )
     assert conn.send(base64.b64encode(PASSWORD.encode()) + b"\r\n") == b'L1 OK "Authenticated"\r\n'
 
 
@@ -173,11 +178,27 @@ def test_find_active_reserved_and_missing(tmp_path):
 
 
 def test_list_in_cyrus_key_order_and_prefix(tmp_path):
-    names = [b"x.com!user.k.a", b"user.k/a", b"user.k^a", b"user.k-a", b"user.k a", b"user.k.a", b"user.k"]
+    names = [
+        b"x.com!user.k.a",
+        b"user.k/a",
+        b"user.k^a",
+        b"user.k-a",
+        b"user.k a",
+        b"user.k.a",
+        b"user.k",
+    ]
     rig = seeded(tmp_path, *(MailboxEntry(n, EntryState.ACTIVE, b"be1!p", b"") for n in names))
     conn = rig.login()
     listed = conn.send(b"T19 LIST\r\n")
-    expected_order = [b"user.k", b"user.k.a", b"user.k a", b"user.k-a", b"user.k^a", b"user.k/a", b"x.com!user.k.a"]
+    expected_order = [
+        b"user.k",
+        b"user.k.a",
+        b"user.k a",
+        b"user.k-a",
+        b"user.k^a",
+        b"user.k/a",
+        b"x.com!user.k.a",
+    ]
     assert listed == b"".join(b'T19 MAILBOX "%s" "be1!p" ""\r\n' % n for n in expected_order) + (
         b'T19 OK "list complete"\r\n'
     )
@@ -204,10 +225,18 @@ def test_reserve_activate_and_relocation_refused(rig):
     conn = rig.login()
     assert conn.send(b'W1 RESERVE "user.alice" "be1!default"\r\n') == b'W1 OK "done"\r\n'
     assert find(conn, b"user.alice").startswith(b'F RESERVE "user.alice" "be1!default"\r\n')
-    assert conn.send(b'W2 ACTIVATE "user.alice" "be1!default" "alice\tlrs\t"\r\n') == b'W2 OK "done"\r\n'
-    assert conn.send(b'W3 RESERVE "user.alice" "be2!default"\r\n') == b'W3 NO "mailbox already exists"\r\n'
+    assert (
+        conn.send(b'W2 ACTIVATE "user.alice" "be1!default" "alice\tlrs\t"\r\n')
+        == b'W2 OK "done"\r\n'
+    )
+    assert (
+        conn.send(b'W3 RESERVE "user.alice" "be2!default"\r\n')
+        == b'W3 NO "mailbox already exists"\r\n'
+    )
     assert conn.send(b'W4 RESERVE "user.alice" "be1!default"\r\n') == b'W4 OK "done"\r\n'
-    assert find(conn, b"user.alice").startswith(b'F MAILBOX "user.alice" "be1!default" "alice\tlrs\t"\r\n')
+    assert find(conn, b"user.alice").startswith(
+        b'F MAILBOX "user.alice" "be1!default" "alice\tlrs\t"\r\n'
+    )
 
 
 def test_activate_moves_a_mailbox(rig):
@@ -223,8 +252,13 @@ def test_deactivate_cases(rig):
     assert conn.send(b'W2 DEACTIVATE "user.bob" "be9!p9"\r\n') == b'W2 OK "done"\r\n'
     assert find(conn, b"user.bob").startswith(b'F RESERVE "user.bob" "be9!p9"\r\n')
     assert conn.send(b'W3 DEACTIVATE "user.bob" "be9!p9"\r\n') == b'W3 OK "done"\r\n'
-    assert conn.send(b'W4 DEACTIVATE "user.bob" "be1!x"\r\n') == b'W4 NO "mailbox not currently active"\r\n'
-    assert conn.send(b'W5 DEACTIVATE "user.none" "be1!x"\r\n') == b'W5 NO "mailbox doesn\'t exist"\r\n'
+    assert (
+        conn.send(b'W4 DEACTIVATE "user.bob" "be1!x"\r\n')
+        == b'W4 NO "mailbox not currently active"\r\n'
+    )
+    assert (
+        conn.send(b'W5 DEACTIVATE "user.none" "be1!x"\r\n') == b'W5 NO "mailbox doesn\'t exist"\r\n'
+    )
 
 
 def test_delete_repeat_within_window_and_unknown(tmp_path):
@@ -254,7 +288,9 @@ def test_acl_kept_byte_for_byte(rig):
 def test_writes_are_stored_and_audited_in_the_store(rig):
     conn = rig.login()
     conn.send(b'W1 RESERVE "user.s" "be1!p"\r\nW2 ACTIVATE "user.s" "be1!p" "s\tlrs\t"\r\n')
-    assert rig.store.entries[b"user.s"] == MailboxEntry(b"user.s", EntryState.ACTIVE, b"be1!p", b"s\tlrs\t")
+    assert rig.store.entries[b"user.s"] == MailboxEntry(
+        b"user.s", EntryState.ACTIVE, b"be1!p", b"s\tlrs\t"
+    )
 
 
 def test_other_sessions_survive_an_oversize_tag(rig):

@@ -11,7 +11,10 @@ from tests.helpers.memstore import InMemoryStore
 
 @pytest.fixture
 def rig(tmp_path):
-    return MasterRig(tmp_path, store=InMemoryStore([MailboxEntry(b"user.s1", EntryState.ACTIVE, b"be1!default", b"")]))
+    return MasterRig(
+        tmp_path,
+        store=InMemoryStore([MailboxEntry(b"user.s1", EntryState.ACTIVE, b"be1!default", b"")]),
+    )
 
 
 def test_update_dumps_then_streams_with_the_update_tag(rig):
@@ -23,7 +26,9 @@ def test_update_dumps_then_streams_with_the_update_tag(rig):
     assert writer.send(b'X0 RESERVE "user.s2" "be1!default"\r\n') == b'X0 OK "done"\r\n'
     assert streamer.take() == b'U01 RESERVE "user.s2" "be1!default"\r\n'
     writer.send(b'X1 ACTIVATE "user.s2" "be1!default" "a\tlrs\t"\r\nX2 DELETE "user.s1"\r\n')
-    assert streamer.take() == (b'U01 MAILBOX "user.s2" "be1!default" "a\tlrs\t"\r\nU01 DELETE "user.s1"\r\n')
+    assert streamer.take() == (
+        b'U01 MAILBOX "user.s2" "be1!default" "a\tlrs\t"\r\nU01 DELETE "user.s1"\r\n'
+    )
 
 
 def test_change_reaches_streams_before_the_writer_hears_ok(tmp_path):
@@ -104,7 +109,9 @@ def test_unchanged_write_waits_for_earlier_commits(tmp_path):
 
 
 def test_storage_fault_answers_no_and_reloads_the_index(tmp_path):
-    store = InMemoryStore([MailboxEntry(b"user.keep", EntryState.ACTIVE, b"be1!p", b"")], fail_next=True)
+    store = InMemoryStore(
+        [MailboxEntry(b"user.keep", EntryState.ACTIVE, b"be1!p", b"")], fail_next=True
+    )
     rig = MasterRig(tmp_path, store=store)
     conn = rig.login()
     assert conn.send(b'X0 DELETE "user.keep"\r\n') == b'X0 NO "storage failure"\r\n'
@@ -120,11 +127,13 @@ def test_stream_that_stops_reading_is_closed_with_bye(tmp_path):
     streamer.transport.producer.pauseProducing()
     writer = rig.login()
     for i in range(200):
-        writer.send(b'X%d ACTIVATE "user.flood.%d" "be1!default" "someone\tlrswipkxtecdan\t"\r\n' % (i, i))
+        writer.send(
+            b'X%d ACTIVATE "user.flood.%d" "be1!default" "someone\tlrswipkxtecdan\t"\r\n' % (i, i)
+        )
         if streamer.closed:
             break
     assert streamer.closed
-    assert streamer.take().endswith(b"* BYE \"" + b"output buffer full: reader too slow" + b'"\r\n')
+    assert streamer.take().endswith(b'* BYE "' + b"output buffer full: reader too slow" + b'"\r\n')
     assert streamer.proto.output.queued_bytes == 0
     assert writer.send(b"N NOOP\r\n") == b'N OK "Noop done"\r\n'
 

@@ -91,7 +91,9 @@ class MasterRig:
         )
         self.settings = replace(base, **settings)
         index = MailboxIndex(self.store.load_entries(), self.store.load_tombstones())
-        self.handler = MasterHandler(index, self.store, runner, self.clock, self.settings.tombstone_window)
+        self.handler = MasterHandler(
+            index, self.store, runner, self.clock, self.settings.tombstone_window
+        )
         checker = SyncChecker(CredentialsFile(self.settings.credentials_path))
         self.factory = MupdateServerFactory(self.settings, self.handler, checker, self.clock)
 
@@ -104,7 +106,9 @@ class MasterRig:
     def login(self, host: str = "127.0.0.1") -> Conn:
         conn = self.connect(host)
         conn.take()
-        reply = conn.send(b"A01 AUTHENTICATE \"PLAIN\" " + quoted_b64(f"\0{ADMIN}\0{PASSWORD}") + b"\r\n")
+        reply = conn.send(
+            b'A01 AUTHENTICATE "PLAIN" ' + quoted_b64(f"\0{ADMIN}\0{PASSWORD}") + b"\r\n"
+        )
         assert reply == b'A01 OK "Authenticated"\r\n', reply
         return conn
 

@@ -37,21 +37,35 @@ def client(m: OurMaster, timeout: float = 15.0) -> MupdateClient:
 
 def test_plugin_is_listed_by_twistd():
     out = subprocess.run(
-        [*_twistd(), "--help"], cwd=repo_root(), env=_env(repo_root()), capture_output=True, text=True, timeout=60
+        [*_twistd(), "--help"],
+        cwd=repo_root(),
+        env=_env(repo_root()),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "mupdate-master" in out.stdout
 
 
 def test_embedded_default_prints_a_working_credential_once(tmp_path):
     port = PortAllocator()()
-    argv = [*_twistd(), "-n", "--pidfile=", "mupdate-master", "--port", f"tcp:{port}:interface={HOST}"]
+    argv = [
+        *_twistd(),
+        "-n",
+        "--pidfile=",
+        "mupdate-master",
+        "--port",
+        f"tcp:{port}:interface={HOST}",
+    ]
     workdir = tmp_path / "default"
     workdir.mkdir()
     out_path = workdir / "out.log"
 
     def run() -> subprocess.Popen[bytes]:
         with open(out_path, "ab") as out:
-            return subprocess.Popen(argv, cwd=workdir, env=_env(repo_root()), stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                argv, cwd=workdir, env=_env(repo_root()), stdout=out, stderr=subprocess.STDOUT
+            )
 
     def password_shown() -> str | None:
         for line in out_path.read_text().splitlines():
@@ -133,7 +147,8 @@ def test_update_stream_sees_every_change_in_order(master):
         writer.command(b"ACTIVATE", "user.pre", "be1!default", "")
         streamer.send_raw(b"U01 UPDATE\r\n")
         dump = streamer.read_until_tagged(b"U01")
-        assert dump.ok and [e.name for e in dump.entries] == [b"user.pre"]
+        assert dump.ok
+        assert [e.name for e in dump.entries] == [b"user.pre"]
         script = [
             (b"RESERVE", "user.s2", "be1!default"),
             (b"ACTIVATE", "user.s2", "be1!default", "s2\tlrs\t"),
@@ -235,10 +250,20 @@ def test_admin_export_import_round_trip(master, tmp_path):
         c.command(b"RESERVE", "user.y", "be1!p")
     env = _env(repo_root())
     admin = [sys.executable, "-m", "mupdate.tools.admin", "--config", str(master.config_path)]
-    exported = subprocess.run([*admin, "export"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    exported = subprocess.run(
+        [*admin, "export"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     assert '"user.x"' in exported.stdout
-    refused = subprocess.run([*admin, "import"], env=env, input=exported.stdout, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1 and "stop the master first" in refused.stderr
+    refused = subprocess.run(
+        [*admin, "import"],
+        env=env,
+        input=exported.stdout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert "stop the master first" in refused.stderr
     master.stop()
     backup = Path(tmp_path / "backup.json")
     backup.write_text(exported.stdout)
@@ -246,11 +271,21 @@ def test_admin_export_import_round_trip(master, tmp_path):
         assert {e.name for e in c.list()} == {b"user.x", b"user.y"}
 
 
-def client_after_restore(master: OurMaster, admin: list[str], env: dict[str, str], data: str) -> MupdateClient:
+def client_after_restore(
+    master: OurMaster, admin: list[str], env: dict[str, str], data: str
+) -> MupdateClient:
     import shutil
 
     shutil.rmtree(master.store_dir)
     master.store_dir.mkdir()
-    subprocess.run([*admin, "import"], env=env, input=data, capture_output=True, text=True, timeout=60, check=True)
+    subprocess.run(
+        [*admin, "import"],
+        env=env,
+        input=data,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     master.start()
     return client(master)
