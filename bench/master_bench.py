@@ -53,8 +53,8 @@ def start_master(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     )
     argv = [
         sys.executable,
-        "-m",
-        "twisted",
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
         "-n",
         "--pidfile=",
         "mupdate-master",

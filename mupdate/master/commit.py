@@ -12,7 +12,7 @@ never OK) and ``on_failed`` lets the owner reload its index from the store.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
@@ -36,6 +36,15 @@ class _Pending(Generic[T]):
     change: Change
     context: T
     done: Deferred[None]
+    barriers: list[Deferred[None]] = field(default_factory=list)
+
+    def succeed(self) -> None:
+        for d in (self.done, *self.barriers):
+            d.callback(None)
+
+    def fail(self, reason: str) -> None:
+        for d in (self.done, *self.barriers):
+            d.errback(CommitFailed(reason))
 
 
 class GroupCommitter(Generic[T]):
@@ -54,15 +63,15 @@ class GroupCommitter(Generic[T]):
         self._on_failed = on_failed
         self._queue: list[_Pending[T]] = []
         self._in_flight: list[_Pending[T]] = []
-        self._barriers: list[Deferred[None]] = []
         self._recovering = False
+        self._completing = False
         self.batches = 0
         self.committed = 0
         self.largest_batch = 0
 
     @property
     def busy(self) -> bool:
-        return bool(self._in_flight or self._queue)
+        return bool(self._in_flight or self._queue or self._completing)
 
     def submit(self, change: Change, context: T) -> Deferred[None]:
         if self._recovering:
@@ -71,16 +80,19 @@ class GroupCommitter(Generic[T]):
             return d
         pending = _Pending(change, context, Deferred())
         self._queue.append(pending)
-        if not self._in_flight:
+        if not self._in_flight and not self._completing:
             self._start()
         return pending.done
 
     def barrier(self) -> Deferred[None]:
-        """Fires once everything submitted so far is durable (at once when idle)."""
-        if not self.busy:
+        """Fires once everything submitted so far is durable (at once when idle), and
+        fails if any of it failed. It waits for the last write queued now, not for the
+        queue to drain, so a steady stream of writes cannot starve it."""
+        pending = self._queue or self._in_flight
+        if not pending:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._barriers.append(d)
+        pending[-1].barriers.append(d)
         return d
 
     def _start(self) -> None:
@@ -95,20 +107,20 @@ class GroupCommitter(Generic[T]):
         self.batches += 1
         self.committed += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
+        # Writes that the answered clients send at once join the next batch instead of
+        # each starting a commit of its own: start it only after every answer is out.
+        self._completing = True
         try:
             self._on_committed([(p.change, p.context) for p in batch])
         finally:
             for pending in batch:
-                pending.done.callback(None)
+                pending.succeed()
+            self._completing = False
             self._next()
 
     def _next(self) -> None:
         if self._queue:
             self._start()
-            return
-        barriers, self._barriers = self._barriers, []
-        for b in barriers:
-            b.callback(None)
 
     def _failed(self, failure: Failure) -> None:
         self.log.failure(
@@ -118,12 +130,9 @@ class GroupCommitter(Generic[T]):
         )
         failed = self._in_flight + self._queue
         self._in_flight, self._queue = [], []
-        barriers, self._barriers = self._barriers, []
         self._recovering = True
         for pending in failed:
-            pending.done.errback(CommitFailed(str(failure.value)))
-        for b in barriers:
-            b.errback(CommitFailed(str(failure.value)))
+            pending.fail(str(failure.value))
 
         def recovered(_: object) -> None:
             self._recovering = False

@@ -118,6 +118,7 @@ class MupdateServerProtocol(Protocol):
         self.peer = "?"
         self.output: OutputQueue | None = None
         self._busy = False
+        self._pumping = False
         self._closing = False
         self._idle_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None
@@ -233,6 +234,17 @@ class MupdateServerProtocol(Protocol):
     # -- the event pump -----------------------------------------------------------------
 
     def _pump(self) -> None:
+        # Handlers often answer synchronously; their callbacks call _pump again. The flag
+        # turns that re-entry into another turn of this loop instead of a deeper stack.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._pump_events()
+        finally:
+            self._pumping = False
+
+    def _pump_events(self) -> None:
         while not self._busy and not self._closing:
             if self.output is not None and self.output.paused:
                 self._stop_reading()

@@ -159,3 +159,30 @@ def test_connections_over_the_maximum_get_server_unable(tmp_path):
     assert third.take() == b'* BYE "Server Unable"\r\n\0'
     assert third.closed
     assert rig.factory.counters.refused_connections == 1
+
+
+def test_unchanged_write_after_a_failed_commit_is_not_acknowledged(tmp_path):
+    runner = ManualRunner()
+    store = InMemoryStore(fail_next=True)
+    rig = MasterRig(tmp_path, store=store, runner=runner)
+    first, replica = rig.login(), rig.login()
+    first.proto.dataReceived(b'X0 RESERVE "user.r" "be1!p"\r\n')
+    replica.proto.dataReceived(b'X0 RESERVE "user.r" "be1!p"\r\n')  # relies on the first
+    runner.run_all()
+    assert first.take() == b'X0 NO "storage failure"\r\n'
+    assert replica.take() == b'X0 NO "storage failure"\r\n'
+    assert store.entries == {}
+
+
+def test_unchanged_write_is_not_starved_by_a_steady_write_load(tmp_path):
+    runner = ManualRunner()
+    rig = MasterRig(tmp_path, runner=runner)
+    busy, replica = rig.login(), rig.login()
+    busy.proto.dataReceived(b'X0 RESERVE "user.r" "be1!p"\r\n')
+    replica.proto.dataReceived(b'X0 RESERVE "user.r" "be1!p"\r\n')
+    others = [rig.login() for _ in range(3)]
+    for i, other in enumerate(others):
+        other.proto.dataReceived(b'Y RESERVE "user.o%d" "be1!p"\r\n' % i)  # queued behind
+    runner.run_next()  # only the first batch is durable; the queue is not empty
+    assert replica.take() == b'X0 OK "done"\r\n'
+    assert runner.calls  # the later writes are still waiting for their own commit
