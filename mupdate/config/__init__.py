@@ -12,7 +12,9 @@ from mupdate.config.settings import (
     MasterSettings,
     ServerSettings,
     SettingsError,
+    SlaveSettings,
     master_settings,
+    slave_settings,
 )
 
 __all__ = [
@@ -23,7 +25,9 @@ __all__ = [
     "MasterSettings",
     "ServerSettings",
     "SettingsError",
+    "SlaveSettings",
     "master_settings",
     "parse_imapd_conf",
     "read_imapd_conf",
+    "slave_settings",
 ]

@@ -208,3 +208,126 @@ def master_settings(
     if not settings.servername:
         raise SettingsError("servername must not be empty")
     return settings
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveSettings(ServerSettings):
+    """A slave: who it follows, how it logs in, and what it must never lose (design.md)."""
+
+    mupdate_server: str = ""
+    mupdate_port: int = DEFAULT_PORT
+    username: str = ""  # SASL authorization id (Cyrus: mupdate_username)
+    authname: str = ""
+    password: str = ""
+    realm: str = ""
+    retry_delay: float = 20.0  # ping interval, NOOP deadline and reconnect base (§9.4)
+    retry_max: float = 300.0  # cap on the reconnect delay after repeated failures
+    murder_mode: str = "standard"  # standard | unified
+    partitions: tuple[tuple[str, Path], ...] = ()
+    local_servernames: frozenset[str] = frozenset()
+    heal: bool | None = None  # None: on in unified mode, off otherwise
+    brake_share: float = 0.5
+    brake_minimum: int = 10
+    brake_release: bool = False
+    database: Path | None = None
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.configdirectory / "mupdate-slave.sqlite3"
+
+    @property
+    def unified(self) -> bool:
+        return self.murder_mode == "unified"
+
+    @property
+    def healing(self) -> bool:
+        return self.unified if self.heal is None else self.heal
+
+    @property
+    def master_address(self) -> tuple[str, int]:
+        """``host``, ``host:port`` or ``[v6]:port``; without a port, ``mupdate_port``."""
+        text = self.mupdate_server.split("/", 1)[0]
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            return host, int(rest[1:]) if rest.startswith(":") else self.mupdate_port
+        if text.count(":") == 1:
+            host, port = text.split(":")
+            return host, int(port)
+        return text, self.mupdate_port
+
+    @property
+    def own_servernames(self) -> frozenset[str]:
+        """Names that make a location ours, compared case-insensitively as Cyrus does."""
+        return frozenset(n.lower() for n in {self.servername, *self.local_servernames})
+
+
+def slave_settings(
+    records: Iterable[ConfigRecord],
+    *,
+    default_servername: str,
+    default_configdirectory: Path,
+    overrides: Mapping[str, object] | None = None,
+) -> SlaveSettings:
+    values = last_values(records)
+    fields = server_fields(values, default_servername)
+    fields.setdefault("configdirectory", default_configdirectory)
+    if "mupdate_server" not in values or not values["mupdate_server"].value:
+        raise SettingsError("mupdate_server is required: the master this slave follows (host or host:port)")
+    fields["mupdate_server"] = values["mupdate_server"].value
+    if "mupdate_port" in values:
+        fields["mupdate_port"] = parse_int(values["mupdate_port"], 1)
+    for key, attr in (
+        ("mupdate_username", "username"),
+        ("mupdate_authname", "authname"),
+        ("mupdate_password", "password"),
+        ("mupdate_realm", "realm"),
+    ):
+        if key in values:
+            fields[attr] = values[key].value
+    if "mupdate_password_file" in values:
+        record = values["mupdate_password_file"]
+        try:
+            fields["password"] = Path(record.value).read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise SettingsError(f"{_where(record)}: cannot read a password from {record.value}: {exc}") from None
+    if "mupdate_retry_delay" in values:
+        # Any value >= 0 (Cyrus divides by zero for 0 and 1, §9.4).
+        fields["retry_delay"] = parse_duration(values["mupdate_retry_delay"])
+    if "mupdate_retry_max" in values:
+        fields["retry_max"] = parse_duration(values["mupdate_retry_max"])
+    if "mupdate_config" in values:
+        mode = values["mupdate_config"].value.lower()
+        if mode not in ("standard", "unified"):
+            raise SettingsError(f"{_where(values['mupdate_config'])}: a slave runs in standard or unified mode")
+        fields["murder_mode"] = mode
+    fields["partitions"] = tuple(
+        (key[len("partition-") :], Path(record.value))
+        for key, record in sorted(values.items())
+        if key.startswith("partition-") and record.value
+    )
+    if "mupdate_local_servernames" in values:
+        fields["local_servernames"] = frozenset(parse_words(values["mupdate_local_servernames"]))
+    if "mupdate_heal" in values:
+        fields["heal"] = parse_bool(values["mupdate_heal"])
+    if "mupdate_brake_share" in values:
+        record = values["mupdate_brake_share"]
+        try:
+            share = float(record.value.rstrip("%")) / (100 if record.value.endswith("%") else 1)
+        except ValueError:
+            raise SettingsError(f"{_where(record)}: expected a share like 0.5 or 50%") from None
+        if not 0 < share <= 1:
+            raise SettingsError(f"{_where(record)}: must be above 0 and at most 1 (100%)")
+        fields["brake_share"] = share
+    if "mupdate_brake_minimum" in values:
+        fields["brake_minimum"] = parse_int(values["mupdate_brake_minimum"], 0)
+    if "mupdate_brake_release" in values:
+        fields["brake_release"] = parse_bool(values["mupdate_brake_release"])
+    if "mupdate_slave_database" in values:
+        fields["database"] = Path(values["mupdate_slave_database"].value)
+    fields.update(overrides or {})
+    settings = SlaveSettings(**fields)  # type: ignore[arg-type]  # fields are checked above
+    if not settings.authname:
+        raise SettingsError("mupdate_authname is required: the user this slave logs in to the master as")
+    if settings.retry_max < settings.retry_delay:
+        raise SettingsError("mupdate_retry_max must not be below mupdate_retry_delay")
+    return settings
