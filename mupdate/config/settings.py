@@ -89,9 +89,15 @@ def parse_size(record: ConfigRecord) -> int:
 
 
 def last_values(records: Iterable[ConfigRecord]) -> dict[str, ConfigRecord]:
-    """Later lines win, as in Cyrus."""
+    """One record per key. A key given twice is an error, as in Cyrus ("option was
+    specified twice"): silently taking either line would hide an operator's mistake."""
     result: dict[str, ConfigRecord] = {}
     for record in records:
+        first = result.get(record.key)
+        if first is not None:
+            raise SettingsError(
+                f"{_where(record)}: given twice (first at {first.source}:{first.line})"
+            )
         result[record.key] = record
     return result
 
@@ -149,6 +155,8 @@ def server_fields(values: Mapping[str, ConfigRecord], default_servername: str) -
     """The ServerSettings fields found in the file, converted."""
     out: dict[str, object] = {"servername": default_servername, "limits": _limits(values)}
     if "servername" in values:
+        if not values["servername"].value:
+            raise SettingsError(f"{_where(values['servername'])}: must not be empty")
         out["servername"] = values["servername"].value
     if "configdirectory" in values:
         out["configdirectory"] = Path(values["configdirectory"].value)
@@ -164,6 +172,10 @@ def server_fields(values: Mapping[str, ConfigRecord], default_servername: str) -
         out["loopback_plaintext"] = parse_bool(values["mupdate_loopback_plaintext"])
     if "sasl_mech_list" in values:
         mechs = tuple(m.upper() for m in parse_words(values["sasl_mech_list"]))
+        if not mechs:
+            raise SettingsError(
+                f"{_where(values['sasl_mech_list'])}: no mechanism listed: nobody could log in"
+            )
         unknown = [m for m in mechs if m not in DEFAULT_MECHANISMS]
         if unknown:
             raise SettingsError(
@@ -272,7 +284,9 @@ def slave_settings(
     fields = server_fields(values, default_servername)
     fields.setdefault("configdirectory", default_configdirectory)
     if "mupdate_server" not in values or not values["mupdate_server"].value:
-        raise SettingsError("mupdate_server is required: the master this slave follows (host or host:port)")
+        raise SettingsError(
+            "mupdate_server is required: the master this slave follows (host or host:port)"
+        )
     fields["mupdate_server"] = values["mupdate_server"].value
     if "mupdate_port" in values:
         fields["mupdate_port"] = parse_int(values["mupdate_port"], 1)
@@ -287,9 +301,13 @@ def slave_settings(
     if "mupdate_password_file" in values:
         record = values["mupdate_password_file"]
         try:
-            fields["password"] = Path(record.value).read_text(encoding="utf-8").splitlines()[0].strip()
+            fields["password"] = (
+                Path(record.value).read_text(encoding="utf-8").splitlines()[0].strip()
+            )
         except (OSError, IndexError) as exc:
-            raise SettingsError(f"{_where(record)}: cannot read a password from {record.value}: {exc}") from None
+            raise SettingsError(
+                f"{_where(record)}: cannot read a password from {record.value}: {exc}"
+            ) from None
     if "mupdate_retry_delay" in values:
         # Any value >= 0 (Cyrus divides by zero for 0 and 1, §9.4).
         fields["retry_delay"] = parse_duration(values["mupdate_retry_delay"])
@@ -298,7 +316,9 @@ def slave_settings(
     if "mupdate_config" in values:
         mode = values["mupdate_config"].value.lower()
         if mode not in ("standard", "unified"):
-            raise SettingsError(f"{_where(values['mupdate_config'])}: a slave runs in standard or unified mode")
+            raise SettingsError(
+                f"{_where(values['mupdate_config'])}: a slave runs in standard or unified mode"
+            )
         fields["murder_mode"] = mode
     fields["partitions"] = tuple(
         (key[len("partition-") :], Path(record.value))
@@ -327,7 +347,9 @@ def slave_settings(
     fields.update(overrides or {})
     settings = SlaveSettings(**fields)  # type: ignore[arg-type]  # fields are checked above
     if not settings.authname:
-        raise SettingsError("mupdate_authname is required: the user this slave logs in to the master as")
+        raise SettingsError(
+            "mupdate_authname is required: the user this slave logs in to the master as"
+        )
     if settings.retry_max < settings.retry_delay:
         raise SettingsError("mupdate_retry_max must not be below mupdate_retry_delay")
     return settings

@@ -72,6 +72,7 @@ def write_credentials(path: Path, users: dict[str, str]) -> None:
     """Atomic replace, mode 0600: the file holds password hashes."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode otherwise
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(render_credentials(users))
         out.flush()
@@ -85,7 +86,7 @@ class CredentialsFile:
 
     path: Path
     _users: dict[str, str] = field(default_factory=dict)
-    _stamp: tuple[int, int] | None = None
+    _stamp: tuple[int, int, int] | None = None
     _verified: dict[str, bytes] = field(default_factory=dict)
     _key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
@@ -95,7 +96,7 @@ class CredentialsFile:
         except FileNotFoundError:
             self._users, self._stamp, self._verified = {}, None, {}
             return
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # every atomic rewrite is a new inode
         if stamp != self._stamp:
             self._users = parse_credentials(self.path.read_text(encoding="utf-8"), str(self.path))
             self._stamp = stamp

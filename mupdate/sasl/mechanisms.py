@@ -110,6 +110,8 @@ class LoginServer:
         self._done = True
         if not response:
             return Failure("LOGIN password is empty")
+        if b"\0" in response:
+            return Failure("LOGIN password contains NUL")
         return CheckPassword(self._user, "", response)
 
 

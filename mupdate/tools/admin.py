@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import TextIO
 
+from mupdate.config import ConfigFileError, SettingsError
 from mupdate.db.export import export_entries, import_entries
 from mupdate.db.lock import DirectoryLock, DirectoryLocked
 from mupdate.db.sqlite import SqliteStore
@@ -33,12 +34,21 @@ def main(
     sub.add_parser("import", help="replace the whole list with JSON from stdin (master stopped)")
     sub.add_parser("verify", help="check the store's consistency")
     args = parser.parse_args(argv)
-    settings = build_settings(args.config, args.data_dir, [])
+    try:
+        settings = build_settings(args.config, args.data_dir, [])
+    except (ConfigFileError, SettingsError) as exc:
+        print(f"mupdate-admin: {exc}", file=sys.stderr)
+        return 2
     path = settings.database_path
     if args.action != "import" and not path.exists():
         print(f"mupdate-admin: no database at {path}", file=sys.stderr)
         return 1
     if args.action == "import":
+        try:
+            entries = import_entries(stdin)
+        except ValueError as exc:
+            print(f"mupdate-admin: import refused, nothing changed: {exc}", file=sys.stderr)
+            return 1
         settings.configdirectory.mkdir(parents=True, exist_ok=True)
         lock = DirectoryLock(settings.configdirectory)
         try:
@@ -47,15 +57,12 @@ def main(
             print(f"mupdate-admin: {exc}; stop the master first", file=sys.stderr)
             return 1
         try:
-            entries = import_entries(stdin)
-        except ValueError as exc:
-            print(f"mupdate-admin: import refused, nothing changed: {exc}", file=sys.stderr)
-            return 1
-        store = SqliteStore(path)
-        try:
-            store.replace_all(entries)
+            store = SqliteStore(path)
+            try:
+                store.replace_all(entries)
+            finally:
+                store.close()
         finally:
-            store.close()
             lock.release()
         print(f"mupdate-admin: imported {len(entries)} entries into {path}", file=sys.stderr)
         return 0

@@ -66,9 +66,17 @@ def main(
         for user in sorted(users):
             print(user, file=stdout)
         return 0
-    if ":" in args.user or not args.user.strip() or args.user != args.user.strip():
+    user = args.user
+    if (
+        ":" in user
+        or not user.strip()
+        or user != user.strip()
+        or not user.isprintable()
+        or user.startswith("#")
+    ):
         print(
-            "mupdate-passwd: a user name must be non-empty, without ':' or surrounding blanks",
+            "mupdate-passwd: a user name must be printable and non-empty, without ':', "
+            "surrounding blanks or a leading '#'",
             file=sys.stderr,
         )
         return 2

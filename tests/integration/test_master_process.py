@@ -295,10 +295,17 @@ def test_installed_package_provides_the_plugin_and_scripts(tmp_path):
     bindir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     listed = subprocess.run(
-        [str(bindir / "twistd"), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        [str(bindir / "twistd"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "mupdate-master" in listed.stdout, "run ./run-tests, which installs the package first"
     for script in ("mupdate-passwd", "mupdate-admin"):
-        shown = subprocess.run([str(bindir / script), "--help"], env=env, capture_output=True, text=True, timeout=60)
+        shown = subprocess.run(
+            [str(bindir / script), "--help"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert shown.returncode == 0
         assert script in shown.stdout

@@ -8,3 +8,10 @@ mupdate_master = ServiceMaker(
     "MUPDATE (RFC 3656) master for a Cyrus IMAP murder",
     "mupdate-master",
 )
+
+mupdate_slave = ServiceMaker(
+    "mupdate MUPDATE slave",
+    "mupdate.slave.tap",
+    "MUPDATE (RFC 3656) slave: a local copy of the murder's mailbox list, guarded",
+    "mupdate-slave",
+)

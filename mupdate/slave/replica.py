@@ -1,0 +1,254 @@
+"""The slave's copy of the mailbox list: reconcile a dump, apply the stream, feed chained slaves.
+
+How it works: a resync is planned by the pure ``plan_resync`` (by set, through the guard),
+checked by the brake, and applied as ONE store transaction; only then is the index updated
+and each change published to the streams this slave serves. Stream lines that arrive while
+a resync is being applied wait in order and are applied after it. Every streamed change
+goes through the guard too (Cyrus guards only the resync, §9.3), then through the same
+group committer the master uses, so a chained slave sees each change once it is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mupdate.db.index import MailboxIndex
+from mupdate.db.store import Change, MailboxStore, PutEntry, RemoveEntry
+from mupdate.logs import text
+from mupdate.master.commit import GroupCommitter, RunBlocking
+from mupdate.master.streams import StreamChange, StreamHub
+from mupdate.model import EntryState, MailboxEntry
+from mupdate.protocol.responses import DeleteLine, MailboxLine, ReserveLine
+from mupdate.slave.brake import BrakeSettings, Hold, check_brake
+from mupdate.slave.guard import Accept, GuardRefusal, LocalFacts, check_change
+from mupdate.slave.resync import ResyncPlan, plan_resync
+
+StreamLine = MailboxLine | ReserveLine | DeleteLine
+
+
+class BrakeHeld(Exception):
+    """The resync would remove too much; the last-known-good copy stays (design.md)."""
+
+    def __init__(self, hold: Hold) -> None:
+        super().__init__(hold.reason)
+        self.hold = hold
+
+
+def entry_from_line(line: MailboxLine | ReserveLine) -> MailboxEntry:
+    if isinstance(line, MailboxLine):
+        return MailboxEntry(line.name, EntryState.ACTIVE, line.location, line.acl)
+    return MailboxEntry(line.name, EntryState.RESERVED, line.location)
+
+
+@dataclass
+class ReplicaCounters:
+    resyncs: int = 0
+    resync_changes: int = 0
+    stream_changes: int = 0
+    guard_refusals: int = 0
+    brake_holds: int = 0
+    brake_releases: int = 0
+    last_sync: float | None = None
+    refused_names: set[bytes] = field(default_factory=set)
+
+
+class Replica:
+    log = Logger()
+
+    def __init__(
+        self,
+        store: MailboxStore,
+        index: MailboxIndex,
+        run_blocking: RunBlocking,
+        facts: LocalFacts,
+        brake: BrakeSettings,
+        own_servername: bytes,
+        clock_seconds: Callable[[], float],
+        consume_release: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.facts = facts
+        self.brake = brake
+        self.hub = StreamHub()
+        self.counters = ReplicaCounters()
+        self._own_servername = own_servername
+        self._run_blocking = run_blocking
+        self._now = clock_seconds
+        self._consume_release = consume_release
+        self._held_lines: list[StreamLine] | None = None
+        self.committer: GroupCommitter[MailboxEntry | None] = GroupCommitter(
+            store, run_blocking, self._committed, self._reload
+        )
+
+    # -- resync ------------------------------------------------------------------------
+
+    def plan(self, dump: list[MailboxLine | ReserveLine]) -> ResyncPlan:
+        remote: dict[bytes, MailboxEntry] = {}
+        for line in dump:
+            remote[line.name] = entry_from_line(line)  # a repeated name: the later line wins
+        local = {e.name: e for e in self.index.in_order()}
+        return plan_resync(local, remote, self.facts, own_servername=self._own_servername)
+
+    def begin_resync(self) -> None:
+        """From now until ``finish_resync``, stream lines wait (they follow the dump)."""
+        self._held_lines = []
+
+    def resync(self, dump: list[MailboxLine | ReserveLine]) -> Deferred[ResyncPlan]:
+        """Plan, brake, apply in one transaction; errbacks with BrakeHeld when held."""
+        plan = self.plan(dump)
+        local = {e.name: e for e in self.index.in_order()}
+        verdict = check_brake(plan, local, self.facts, self.brake)
+        if isinstance(verdict, Hold):
+            if self._consume_release():
+                self.log.warn(
+                    "mass-delete brake released by the operator: {reason}", reason=verdict.reason
+                )
+                self.counters.brake_releases += 1
+            else:
+                self.counters.brake_holds += 1
+                self.log.critical(
+                    "mass-delete brake holds the resync: {reason}", reason=verdict.reason
+                )
+                self._held_lines = None
+                return _failed(BrakeHeld(verdict))
+        elif verdict.released:
+            self.counters.brake_releases += 1
+            self.log.warn(
+                "mass-delete brake released by mupdate_brake_release: applying the resync"
+            )
+        self._report_refusals(plan.refused, "resync")
+        if plan.is_noop():
+            return succeed(plan)
+        changes = list(plan.changes)
+
+        def apply() -> None:
+            self.store.apply(changes)
+
+        d = self._run_blocking(apply)
+
+        def applied(_: object) -> ResyncPlan:
+            published: list[StreamChange] = []
+            for change in changes:
+                old = self.index.get(_name(change))
+                self.index.apply(change)
+                published.append(
+                    StreamChange(_name(change), old.server if old else None, _entry(change))
+                )
+            self.hub.publish(published)
+            return plan
+
+        d.addCallback(applied)
+        return d  # type: ignore[return-value]  # applied() returns the plan
+
+    def finish_resync(self, plan: ResyncPlan | None) -> None:
+        """Count the resync (when it was applied) and apply the stream lines that waited."""
+        held, self._held_lines = self._held_lines or [], None
+        if plan is not None:
+            self.counters.resyncs += 1
+            self.counters.resync_changes += len(plan.changes)
+            self.counters.last_sync = self._now()
+            self.log.info(
+                "resync applied: {added} added, {updated} updated, {removed} removed, {count} kept by the guard",
+                added=plan.added,
+                updated=plan.updated,
+                removed=plan.removed,
+                count=len(plan.refused),
+            )
+        for line in held:
+            self.apply_line(line)
+
+    def abandon_resync(self) -> None:
+        self._held_lines = None
+
+    # -- the stream --------------------------------------------------------------------
+
+    def apply_line(self, line: StreamLine) -> Deferred[None] | None:
+        if self._held_lines is not None:
+            self._held_lines.append(line)
+            return None
+        remote = None if isinstance(line, DeleteLine) else entry_from_line(line)
+        local = self.index.get(line.name)
+        verdict = check_change(line.name, local, remote, self.facts)
+        if isinstance(verdict, GuardRefusal):
+            self._report_refusals((verdict,), "stream")
+            return None
+        assert isinstance(verdict, Accept)
+        if verdict.change is None:
+            return None
+        self.index.apply(verdict.change)
+        self.counters.stream_changes += 1
+        d = self.committer.submit(verdict.change, local)
+        d.addErrback(self._stream_commit_failed, line.name)
+        return d
+
+    def _stream_commit_failed(self, failure: Failure, name: bytes) -> None:
+        # The index was reloaded from disk by _reload; the next resync repairs the copy.
+        self.log.error(
+            "could not store the streamed change of {mailbox}: {reason}",
+            mailbox=text(name),
+            reason=str(failure.value),
+        )
+
+    def _committed(self, batch: list[tuple[Change, MailboxEntry | None]]) -> None:
+        self.hub.publish(
+            [
+                StreamChange(_name(change), old.server if old else None, _entry(change))
+                for change, old in batch
+            ]
+        )
+
+    def _reload(self, failure: Failure) -> Deferred[None]:
+        self.log.critical(
+            "slave store failure; reloading the copy from disk: {reason}", reason=str(failure.value)
+        )
+
+        def load() -> MailboxIndex:
+            return MailboxIndex(self.store.load_entries(), self.store.load_tombstones())
+
+        def replace(index: object) -> None:
+            assert isinstance(index, MailboxIndex)
+            self.index = index
+
+        d = self._run_blocking(load)
+        d.addCallback(replace)
+        return d  # type: ignore[return-value]  # fires with None after replace()
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def _report_refusals(self, refusals: tuple[GuardRefusal, ...], during: str) -> None:
+        for refusal in refusals:
+            self.counters.guard_refusals += 1
+            self.counters.refused_names.add(refusal.name)
+            said = refusal.master_said
+            self.log.error(
+                "guard kept local mailbox {mailbox} during {state}: {reason} (master said {location})",
+                mailbox=text(refusal.name),
+                state=during,
+                reason=refusal.reason,
+                location=text(said.location) if said is not None else "DELETE",
+                old_location=text(refusal.local.location) if refusal.local is not None else "-",
+            )
+
+
+def _name(change: Change) -> bytes:
+    if isinstance(change, PutEntry):
+        return change.entry.name
+    if isinstance(change, RemoveEntry):
+        return change.name
+    raise AssertionError("the replica stores no tombstones")
+
+
+def _entry(change: Change) -> MailboxEntry | None:
+    return change.entry if isinstance(change, PutEntry) else None
+
+
+def _failed(exc: Exception) -> Deferred[ResyncPlan]:
+    d: Deferred[ResyncPlan] = Deferred()
+    d.errback(exc)
+    return d

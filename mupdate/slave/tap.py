@@ -1,0 +1,187 @@
+"""``twistd mupdate-slave``: options, settings and the service tree (style.md §5).
+
+A slave needs a config file: at least ``mupdate_server`` (the master) and
+``mupdate_authname`` / ``mupdate_password`` (how it logs in there), plus ``admins`` and
+``mupdate_credentials`` for who may read from it.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from mupdate.config import (
+    ConfigFileError,
+    SettingsError,
+    SlaveSettings,
+    read_imapd_conf,
+    slave_settings,
+)
+from mupdate.db.index import MailboxIndex
+from mupdate.db.lock import DirectoryLock, DirectoryLocked
+from mupdate.db.sqlite import SqliteStore
+from mupdate.master.tap import PasswordChecker
+from mupdate.net.server import MupdateServerFactory
+from mupdate.protocol.texts import ROLE_SLAVE_PREFIX
+from mupdate.sasl.credentials import CredentialsFile
+from mupdate.slave.brake import BrakeSettings
+from mupdate.slave.disk import make_on_disk
+from mupdate.slave.guard import LocalFacts
+from mupdate.slave.heal import Healer
+from mupdate.slave.replica import Replica
+from mupdate.slave.service import SlaveHandler
+from mupdate.slave.uplink import Uplink
+
+RELEASE_FILE = "mupdate-brake-release"
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE [--port ENDPOINT ...] [--data-dir DIR]"
+    optParameters = [  # noqa: RUF012 - twisted.python.usage API
+        ["config", "c", None, "imapd.conf-style configuration file (Cyrus option names); required"],
+        ["data-dir", "d", None, "directory for the slave's copy (overrides configdirectory)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+
+    def opt_port(self, endpoint: str) -> None:
+        """Listen on this Twisted endpoint, e.g. tcp:3905:interface=127.0.0.1 (repeatable)."""
+        self["port"].append(endpoint)
+
+    opt_p = opt_port
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required: a slave must know its master")
+        try:
+            self["settings"] = build_settings(self["config"], self["data-dir"], self["port"])
+        except (ConfigFileError, SettingsError) as exc:
+            raise usage.UsageError(str(exc)) from exc
+
+
+def build_settings(config: str, data_dir: str | None, ports: list[str]) -> SlaveSettings:
+    overrides: dict[str, object] = {}
+    if data_dir:
+        overrides["configdirectory"] = Path(data_dir)
+    if ports:
+        overrides["listen"] = tuple(ports)
+    settings = slave_settings(
+        read_imapd_conf(config),
+        default_servername=socket.gethostname(),
+        default_configdirectory=Path("mupdate-slave-data"),
+        overrides=overrides,
+    )
+    if not settings.admins:
+        raise SettingsError(
+            "admins is empty: nobody could read from this slave (set 'admins: USER ...')"
+        )
+    return settings
+
+
+def release_requested(directory: Path) -> bool:
+    """The one-shot release of ``mupdate-slave-brake release``: consumed when used."""
+    marker = directory / RELEASE_FILE
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class SlaveService(MultiService):
+    log = Logger()
+
+    def __init__(self, settings: SlaveSettings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        settings.configdirectory.mkdir(parents=True, exist_ok=True)
+        self.lock = DirectoryLock(settings.configdirectory)
+        self.lock.acquire()
+        self.store_pool = ThreadPool(minthreads=1, maxthreads=1, name="mupdate-slave-store")
+        self.auth_pool = ThreadPool(minthreads=1, maxthreads=2, name="mupdate-slave-auth")
+        self.store = SqliteStore(settings.database_path)
+        index = MailboxIndex(self.store.load_entries())
+        on_disk = make_on_disk(path for _, path in settings.partitions)
+        facts = LocalFacts(
+            unified=settings.unified, own_servernames=settings.own_servernames, on_disk=on_disk
+        )
+
+        def run_blocking(call: Any) -> Any:
+            return deferToThreadPool(reactor, self.store_pool, call)
+
+        self.replica = Replica(
+            self.store,
+            index,
+            run_blocking,
+            facts,
+            BrakeSettings(settings.brake_share, settings.brake_minimum, settings.brake_release),
+            settings.servername.encode(),
+            reactor.seconds,
+            lambda: release_requested(settings.configdirectory),
+        )
+        role = ROLE_SLAVE_PREFIX + settings.mupdate_server.encode()
+        self.handler = SlaveHandler(self.replica, role, ready=len(index) > 0)
+        checker = PasswordChecker(
+            CredentialsFile(settings.credentials_path), reactor, self.auth_pool
+        )
+        self.factory = MupdateServerFactory(settings, self.handler, checker, reactor)
+        for description in settings.listen:
+            listener = StreamServerEndpointService(
+                serverFromString(reactor, description), self.factory
+            )
+            listener._raiseSynchronously = True
+            listener.setServiceParent(self)
+        host, port = settings.master_address
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=max(10, int(settings.retry_delay)))
+        self.healer = Healer(settings, endpoint, reactor, on_disk) if settings.healing else None
+        self.uplink = Uplink(
+            settings, self.replica, endpoint, reactor, self.healer, self.handler.mark_ready
+        )
+        self.uplink.service.setServiceParent(self)
+
+    def startService(self) -> None:
+        self.store_pool.start()
+        self.auth_pool.start()
+        super().startService()
+        self.log.info(
+            "mupdate slave {servername} ({state}) following {server}, {count} entries from {path}",
+            servername=self.settings.servername,
+            state=self.settings.murder_mode,
+            server=self.settings.mupdate_server,
+            count=len(self.replica.index),
+            path=str(self.settings.database_path),
+        )
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        yield super().stopService()
+        for session in list(self.factory.sessions):
+            if session.transport is not None:
+                session.transport.loseConnection()
+        yield self.replica.committer.barrier()
+        self.store_pool.callInThread(self.store.close)
+        self.store_pool.stop()
+        self.auth_pool.stop()
+        self.lock.release()
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    try:
+        return SlaveService(options["settings"], reactor)
+    except DirectoryLocked as exc:
+        raise SystemExit(f"mupdate-slave: {exc}: is another slave running?") from exc

@@ -1,0 +1,196 @@
+"""The slave's connection to its master: login, UPDATE, resync, stream, ping, retry (§9).
+
+How it works: a Twisted ``ClientService`` keeps one connection to the master. Its prepare
+hook runs the whole handshake top to bottom (greeting, SASL, ``U01 UPDATE``, the dump,
+the resync) and only a connection that got that far counts as connected; anything else
+(NO, BAD, ``* BYE``, a dropped connection, a held brake) discards the dump whole and the
+service retries after ``mupdate_retry_delay`` plus jitter, growing to ``retry_max`` while
+failures repeat. Cyrus applies a partial dump and wipes itself (case 61); Cyrus divides by
+zero for a delay of 0 or 1 (§9.4); both are impossible here. Once streaming, a NOOP is sent
+every ``retry_delay`` seconds and must be answered within the same time, or the
+connection is dropped, so a master that stops answering without closing is noticed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mupdate.config.settings import SlaveSettings
+from mupdate.net.client import MupdateClientProtocol
+from mupdate.slave.heal import Healer
+from mupdate.slave.replica import BrakeHeld, Replica, StreamLine
+
+
+def retry_policy(
+    base: float, cap: float, jitter: Callable[[], float] = random.random
+) -> Callable[[int], float]:
+    """First retry after ``base`` (+0-50 %), then doubling from at least 1 s up to ``cap``."""
+
+    def delay(failed_attempts: int) -> float:
+        if failed_attempts <= 1:
+            wait = base
+        else:
+            wait = min(cap, max(base, 1.0) * 2 ** min(failed_attempts - 1, 16))
+        return wait * (1 + jitter() / 2)
+
+    return delay
+
+
+class _ClientFactory(Factory):
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> MupdateClientProtocol:
+        protocol = MupdateClientProtocol(self.clock)
+        protocol.factory = self
+        return protocol
+
+
+class Uplink:
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: SlaveSettings,
+        replica: Replica,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime,
+        healer: Healer | None = None,
+        on_synced: Callable[[], None] = lambda: None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.replica = replica
+        self.clock = clock
+        self.healer = healer
+        self.on_synced = on_synced
+        self.connected = False
+        self.connections = 0
+        self._ping_call: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
+        self._ping_interval = settings.retry_delay if settings.retry_delay >= 1 else 1.0
+        self.service = ClientService(
+            endpoint,
+            _ClientFactory(clock),
+            retryPolicy=retry_policy(settings.retry_delay, settings.retry_max, jitter),
+            clock=clock,
+            prepareConnection=self._prepare,  # type: ignore[arg-type]  # gets a proxy of our protocol
+        )
+
+    # -- one connection, top to bottom ---------------------------------------------------
+
+    def _prepare(self, protocol: MupdateClientProtocol) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self._session(protocol))
+        d.addErrback(self._session_failed, protocol)
+        return d
+
+    async def _session(self, protocol: MupdateClientProtocol) -> None:
+        master = self.settings.mupdate_server
+        await protocol.greeted
+        mechanism = await protocol.authenticate(
+            self.settings.authname, self.settings.password, self.settings.username
+        )
+        self.log.info(
+            "logged in to master {server} as {user} with {state}",
+            server=master,
+            user=self.settings.authname,
+            state=mechanism,
+        )
+        self.replica.begin_resync()
+        try:
+            dump = await protocol.update(self._stream_line)
+            self.log.info(
+                "master {server} sent {count} entries; reconciling", server=master, count=len(dump)
+            )
+            plan = await self.replica.resync(dump)
+        except BaseException:
+            self.replica.abandon_resync()
+            raise
+        self.replica.finish_resync(plan)
+        self.connected = True
+        self.connections += 1
+        protocol.closed.addBoth(self._lost)
+        self._schedule_ping(protocol)
+        self.on_synced()
+        if self.healer is not None and plan.heal:
+            self.healer.heal(plan.heal)
+
+    def _stream_line(self, line: StreamLine) -> None:
+        self.replica.apply_line(line)
+
+    def _session_failed(self, failure: Failure, protocol: MupdateClientProtocol) -> Failure:
+        if failure.check(BrakeHeld):
+            self.log.critical(
+                "resync held by the brake; keeping the last-known-good copy and retrying later"
+            )
+        else:
+            self.log.warn(
+                "connection to master {server} failed: {reason}",
+                server=self.settings.mupdate_server,
+                reason=failure.getErrorMessage() or repr(failure.value),
+            )
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
+        return failure
+
+    def _lost(self, _: object) -> None:
+        self.connected = False
+        self._cancel_ping()
+        self.log.warn(
+            "lost the connection to master {server}; resync on reconnect",
+            server=self.settings.mupdate_server,
+        )
+
+    # -- pings (§9.4) ------------------------------------------------------------------
+
+    def _schedule_ping(self, protocol: MupdateClientProtocol) -> None:
+        self._ping_call = self.clock.callLater(self._ping_interval, self._ping, protocol)
+
+    def _ping(self, protocol: MupdateClientProtocol) -> None:
+        self._ping_call = None
+        self._deadline = self.clock.callLater(self._ping_interval, self._ping_timed_out, protocol)
+        d = protocol.noop()
+
+        def answered(_: object) -> None:
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+            if self.connected:
+                self._schedule_ping(protocol)
+
+        def refused(failure: Failure) -> None:
+            self.log.warn(
+                "master answered NOOP with {reason}; reconnecting", reason=failure.getErrorMessage()
+            )
+            self._drop(protocol)
+
+        d.addCallbacks(answered, refused)
+
+    def _ping_timed_out(self, protocol: MupdateClientProtocol) -> None:
+        self._deadline = None
+        self.log.warn(
+            "master {server} did not answer NOOP within {duration_ms} ms; reconnecting",
+            server=self.settings.mupdate_server,
+            duration_ms=int(self._ping_interval * 1000),
+        )
+        self._drop(protocol)
+
+    def _drop(self, protocol: MupdateClientProtocol) -> None:
+        self._cancel_ping()
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _cancel_ping(self) -> None:
+        for call in (self._ping_call, self._deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping_call = self._deadline = None

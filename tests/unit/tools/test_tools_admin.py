@@ -1,0 +1,220 @@
+"""``mupdate-admin export|import|verify`` on a real SqliteStore, with the directory lock."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mupdate.db.lock import DirectoryLock
+from mupdate.db.sqlite import SqliteStore
+from mupdate.model import EntryState, MailboxEntry
+from mupdate.tools.admin import main
+
+ENTRIES = [
+    MailboxEntry(b"user.alice", EntryState.ACTIVE, b"be1!default", b"alice\tlrswipkxtecdan\t"),
+    MailboxEntry(b"user.bob", EntryState.RESERVED, b"be2!p"),
+    MailboxEntry(b"user.\xe9t\xe9", EntryState.ACTIVE, b"be1!\xff", b"anyone\tlrs\t"),
+]
+
+
+def by_name(entries: list[MailboxEntry]) -> list[MailboxEntry]:
+    return sorted(entries, key=lambda e: e.name)
+
+
+def make_store(directory: Path, entries: list[MailboxEntry]) -> Path:
+    path = directory / "mupdate.sqlite3"
+    store = SqliteStore(path)
+    try:
+        store.replace_all(entries)
+    finally:
+        store.close()
+    return path
+
+
+def entries_at(path: Path) -> list[MailboxEntry]:
+    store = SqliteStore(path)
+    try:
+        return by_name(store.load_entries())
+    finally:
+        store.close()
+
+
+def admin(*argv: str, stdin: str = "") -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), stdin=io.StringIO(stdin), stdout=out)
+    return code, out.getvalue()
+
+
+def test_export_import_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    make_store(source, ENTRIES)
+    code, document = admin("--data-dir", str(source), "export")
+    assert code == 0
+    assert capsys.readouterr().err == "mupdate-admin: exported 3 entries\n"
+    parsed = json.loads(document)
+    assert (parsed["format"], parsed["version"]) == ("mupdate-export", 1)
+    assert len(parsed["entries"]) == 3
+
+    assert admin("--data-dir", str(target), "import", stdin=document) == (0, "")
+    database = target / "mupdate.sqlite3"
+    assert capsys.readouterr().err == f"mupdate-admin: imported 3 entries into {database}\n"
+    assert entries_at(database) == by_name(ENTRIES)
+    # The lock was released: a second import goes through.
+    assert admin("--data-dir", str(target), "import", stdin=document) == (0, "")
+
+
+def test_import_replaces_the_whole_list(tmp_path: Path) -> None:
+    database = make_store(
+        tmp_path, [MailboxEntry(b"user.old", EntryState.ACTIVE, b"be9!p", b"x\tl\t")]
+    )
+    document = (
+        '{"format": "mupdate-export", "version": 1, "entries": [\n'
+        '{"name": "user.new", "state": "reserved", "location": "be1!p", "acl": ""}\n]}\n'
+    )
+    assert admin("--data-dir", str(tmp_path), "import", stdin=document) == (0, "")
+    assert entries_at(database) == [MailboxEntry(b"user.new", EntryState.RESERVED, b"be1!p")]
+
+
+def test_import_of_an_empty_list_empties_the_store(tmp_path: Path) -> None:
+    database = make_store(tmp_path, ENTRIES)
+    document = '{"format": "mupdate-export", "version": 1, "entries": []}'
+    assert admin("--data-dir", str(tmp_path), "import", stdin=document) == (0, "")
+    assert entries_at(database) == []
+
+
+def test_import_is_refused_while_the_directory_is_locked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = make_store(tmp_path, ENTRIES)
+    document = '{"format": "mupdate-export", "version": 1, "entries": []}'
+    lock = DirectoryLock(tmp_path)
+    lock.acquire()
+    try:
+        assert admin("--data-dir", str(tmp_path), "import", stdin=document) == (1, "")
+    finally:
+        lock.release()
+    assert capsys.readouterr().err == (
+        f"mupdate-admin: {tmp_path} is in use by another mupdate process; stop the master first\n"
+    )
+    assert entries_at(database) == by_name(ENTRIES)
+
+
+def test_export_is_allowed_while_the_directory_is_locked(tmp_path: Path) -> None:
+    make_store(tmp_path, ENTRIES)
+    lock = DirectoryLock(tmp_path)
+    lock.acquire()
+    try:
+        code, document = admin("--data-dir", str(tmp_path), "export")
+    finally:
+        lock.release()
+    assert code == 0
+    assert len(json.loads(document)["entries"]) == 3
+
+
+def test_bad_import_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    database = make_store(tmp_path, ENTRIES)
+    document = '{"format": "mupdate-export", "version": 2, "entries": []}'
+    assert admin("--data-dir", str(tmp_path), "import", stdin=document) == (1, "")
+    assert capsys.readouterr().err == (
+        "mupdate-admin: import refused, nothing changed: version: expected 1, got 2\n"
+    )
+    assert entries_at(database) == by_name(ENTRIES)
+
+
+def test_lock_is_released_after_a_refused_import(tmp_path: Path) -> None:
+    make_store(tmp_path, ENTRIES)
+    assert admin("--data-dir", str(tmp_path), "import", stdin="not json") == (1, "")
+    lock = DirectoryLock(tmp_path)
+    lock.acquire()
+    lock.release()
+
+
+def test_export_and_verify_without_a_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for action in ("export", "verify"):
+        assert admin("--data-dir", str(tmp_path), action) == (1, "")
+        assert capsys.readouterr().err == (
+            f"mupdate-admin: no database at {tmp_path / 'mupdate.sqlite3'}\n"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_a_sound_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    database = make_store(tmp_path, ENTRIES)
+    assert admin("--data-dir", str(tmp_path), "verify") == (0, "")
+    assert capsys.readouterr().err == f"mupdate-admin: 0 problem(s) in {database}\n"
+
+
+def test_verify_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    database = make_store(tmp_path, ENTRIES)
+    db = sqlite3.connect(database)
+    try:
+        db.execute(
+            "INSERT INTO tombstones (name, location, deleted_at) VALUES (?, ?, ?)",
+            (b"user.alice", b"be1!default", 1.0),
+        )
+        db.commit()
+    finally:
+        db.close()
+    assert admin("--data-dir", str(tmp_path), "verify") == (
+        1,
+        "tombstone for a mailbox that exists: b'user.alice'\n",
+    )
+    assert capsys.readouterr().err == f"mupdate-admin: 1 problem(s) in {database}\n"
+
+
+def test_config_file_names_the_database(tmp_path: Path) -> None:
+    database = tmp_path / "elsewhere" / "m.sqlite3"
+    database.parent.mkdir()
+    SqliteStore(database).close()
+    config = tmp_path / "imapd.conf"
+    config.write_text(
+        f"servername: m\nadmins: admin\nconfigdirectory: {tmp_path / 'cfg'}\n"
+        f"mupdate_database: {database}\n",
+        encoding="utf-8",
+    )
+    document = (
+        '{"format": "mupdate-export", "version": 1, "entries": [\n'
+        '{"name": "user.x", "state": "active", "location": "b!p", "acl": ""}\n]}\n'
+    )
+    assert admin("--config", str(config), "import", stdin=document) == (0, "")
+    assert entries_at(database) == [MailboxEntry(b"user.x", EntryState.ACTIVE, b"b!p")]
+    # The lock lives in configdirectory, which the import creates.
+    assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["mupdate.lock"]
+    code, text = admin("--config", str(config), "export")
+    assert code == 0
+    assert json.loads(text)["entries"] == [
+        {"name": "user.x", "state": "active", "location": "b!p", "acl": ""}
+    ]
+
+
+def test_bad_config_is_an_error_message_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "imapd.conf"
+    config.write_text(f"configdirectory: {tmp_path}\n", encoding="utf-8")
+    make_store(tmp_path, ENTRIES)
+    assert admin("--config", str(config), "export")[0] == 2
+
+
+def test_data_dir_overrides_the_config_directory(tmp_path: Path) -> None:
+    config = tmp_path / "imapd.conf"
+    config.write_text(f"admins: admin\nconfigdirectory: {tmp_path / 'unused'}\n", encoding="utf-8")
+    data = tmp_path / "data"
+    data.mkdir()
+    make_store(data, ENTRIES)
+    code, text = admin("--config", str(config), "--data-dir", str(data), "export")
+    assert code == 0
+    assert len(json.loads(text)["entries"]) == 3
+    assert not (tmp_path / "unused").exists()
+
+
+def test_missing_action_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        admin("--data-dir", "x")
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: mupdate-admin")
