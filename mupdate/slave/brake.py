@@ -13,6 +13,7 @@ Pure; imports nothing from Twisted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -60,8 +61,9 @@ def check_brake(
     """Hold when removals > ``share`` x N and N > ``minimum``, N = non-local entries held."""
     held = sum(1 for name, entry in local.items() if not facts.is_local(name, entry))
     removals = sum(1 for change in plan.changes if isinstance(change, RemoveEntry))
-    if held <= settings.minimum or removals <= settings.share * held:
-        return Proceed()
+    limit = settings.share * held
+    if held <= settings.minimum or removals <= limit or math.isclose(removals, limit):
+        return Proceed()  # isclose: 29 of 100 is "at" a share of 0.29, whatever the float says
     if settings.released:
         return Proceed(released=True)
     reason = (

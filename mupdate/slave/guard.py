@@ -147,6 +147,7 @@ def _echoes_local_record(local: MailboxEntry, remote: MailboxEntry, facts: Local
 
 def _placed_elsewhere(remote: MailboxEntry) -> str:
     where = remote.location.decode("utf-8", "backslashreplace")
+    where = where.replace("\r", "\\r").replace("\n", "\\n").replace("\0", "\\0")
     if remote.state is EntryState.RESERVED:
         return f"master reserves local mailbox at {where}"
     return f"master places local mailbox at {where}"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tests.helpers.cyrus import HOST, PortAllocator, repo_root
 
-__all__ = ["OurMaster", "OurMasterError", "our_master_available"]
+__all__ = ["OurMaster", "OurMasterError", "our_master_available", "twistd_plugin_available"]
 
 
 class OurMasterError(AssertionError):
@@ -67,6 +67,11 @@ def _passwd_tool() -> list[str]:
 
 def our_master_available(timeout: float = 20.0) -> str | None:
     """None when the `mupdate-master` twistd plugin is found, else why not."""
+    return twistd_plugin_available("mupdate-master", timeout)
+
+
+def twistd_plugin_available(plugin: str, timeout: float = 20.0) -> str | None:
+    """None when `twistd --help` (cwd and PYTHONPATH = repo root) lists `plugin`, else why not."""
     root = repo_root()
     try:
         p = subprocess.run(
@@ -82,13 +87,15 @@ def our_master_available(timeout: float = 20.0) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"twistd --help failed: {e}"
-    if "mupdate-master" not in p.stdout:
-        return "twistd has no mupdate-master plugin (our master not in the tree yet?)"
+    if not any(line.split()[:1] == [plugin] for line in p.stdout.splitlines()):
+        return f"twistd has no {plugin} plugin (not in the tree yet?)"
     return None
 
 
 class OurMaster:
     kind = "ours"
+    plugin = "mupdate-master"  # the twistd subcommand (ourslave.OurSlave overrides it)
+    process_name = "our master"  # in error messages
 
     def __init__(
         self,
@@ -170,7 +177,7 @@ class OurMaster:
             *_twistd(),
             "-n",
             "--pidfile=",
-            "mupdate-master",
+            self.plugin,
             "--config",
             str(self.config_path),
             "--port",
@@ -201,13 +208,13 @@ class OurMaster:
         while True:
             if self.proc.poll() is not None:
                 raise OurMasterError(
-                    f"our master exited with {self.proc.returncode} while starting:\n"
+                    f"{self.process_name} exited with {self.proc.returncode} while starting:\n"
                     + self.log_tail()
                 )
             left = deadline - time.monotonic()
             if left <= 0:
                 raise OurMasterError(
-                    f"our master did not greet `* OK MUPDATE` on {self.address} within "
+                    f"{self.process_name} did not greet `* OK MUPDATE` on {self.address} within "
                     f"{timeout}s ({last_error}):\n" + self.log_tail()
                 )
             greeting = self._try_greeting(min(left, 2.0))
@@ -232,7 +239,7 @@ class OurMaster:
                 if not chunk:
                     return f"closed after {buf!r}"
                 buf += chunk
-                if any(line.startswith(b"* OK MUPDATE") for line in buf.split(b"\r\n")):
+                if any(self._ready_greeting(line) for line in buf.split(b"\r\n")):
                     with contextlib.suppress(OSError):
                         sock.sendall(b"Q01 LOGOUT\r\n")
                     return True
@@ -241,6 +248,10 @@ class OurMaster:
             return f"read: {e} after {buf!r}"
         finally:
             sock.close()
+
+    def _ready_greeting(self, line: bytes) -> bool:
+        """Whether one greeting line (no CRLF) says the server is ready."""
+        return line.startswith(b"* OK MUPDATE")
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM our twistd, SIGKILL its process group after `timeout`; returns the exit code."""
