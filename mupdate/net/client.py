@@ -110,18 +110,18 @@ class CommandFailed(MupdateError):
         self.tag = tag
 
 
-class AuthenticationFailed(MupdateError):
+class _WithText(MupdateError):
+    def __init__(self, text_: bytes) -> None:
+        super().__init__(text(text_))
+        self.text = text_
+
+
+class AuthenticationFailed(_WithText):
     """AUTHENTICATE got NO or BAD, or no offered mechanism is usable."""
 
-    def __init__(self, text_: bytes) -> None:
-        super().__init__(text(text_))
-        self.text = text_
 
-
-class ServerBye(MupdateError):
-    def __init__(self, text_: bytes) -> None:
-        super().__init__(text(text_))
-        self.text = text_
+class ServerBye(_WithText):
+    """``* BYE``: the server is closing the connection."""
 
 
 class ProtocolViolation(MupdateError):
@@ -349,7 +349,7 @@ class MupdateClientProtocol(Protocol):
     def _authenticate(self, pick: Callable[[ServerInfo], ClientMechanism]) -> Deferred[str]:
         if self._closing or self.transport is None:
             return fail(ConnectionClosed("not connected"))
-        if self._auth is not None or self._pending or self._held:
+        if self._auth is not None or self._pending or self._held or self._stream is not None:
             # The engine reads the SASL exchange with its own parser (§6.2): nothing else
             # may be in flight.
             return fail(LocalProtocolError("AUTHENTICATE must be the only command in flight"))
@@ -374,10 +374,9 @@ class MupdateClientProtocol(Protocol):
         self.transport.write(self.engine.send(Authenticate(AUTH_TAG, mechanism.name.encode(), ir)))
 
     def _sasl_challenge(self, challenge: bytes) -> None:
-        auth = self._auth
-        if auth is None or auth.mechanism is None:
-            self._violation("SASL challenge outside AUTHENTICATE")
-            return
+        auth = self._auth  # the engine reads challenges only after our AUTHENTICATE
+        assert auth is not None
+        assert auth.mechanism is not None
         try:
             line = base64.b64encode(auth.mechanism.respond(challenge))
         except Exception:

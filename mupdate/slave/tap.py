@@ -115,8 +115,13 @@ class SlaveService(MultiService):
         self.store = SqliteStore(settings.database_path)
         index = MailboxIndex(self.store.load_entries())
         on_disk = make_on_disk(path for _, path in settings.partitions)
+        # The SQLite copy keeps the master's bytes: a bare location there is a server name
+        # (a pointer elsewhere), not Cyrus's local record form.
         facts = LocalFacts(
-            unified=settings.unified, own_servernames=settings.own_servernames, on_disk=on_disk
+            unified=settings.unified,
+            own_servernames=settings.own_servernames,
+            on_disk=on_disk,
+            bare_location_is_local=False,
         )
 
         def run_blocking(call: Any) -> Any:
