@@ -276,6 +276,9 @@ class MupdateClientProtocol(Protocol):
         """``U01 UPDATE``: fires with the whole dump at ``OK "streaming starts"``; after that
         each stream line goes to ``on_change``, whose failure drops the connection (the
         caller's copy of the list can no longer be trusted)."""
+        queued = [*self._pending, *self._held]
+        if self._stream is not None or any(p.kind is _Kind.UPDATE for p in queued):
+            return fail(LocalProtocolError("one UPDATE per connection"))
         d = self._submit(Update(UPDATE_TAG, tuple(hosts)), _Kind.UPDATE, on_change)
         return d.addCallback(_entries)
 
@@ -380,11 +383,7 @@ class MupdateClientProtocol(Protocol):
         try:
             line = base64.b64encode(auth.mechanism.respond(challenge))
         except Exception:
-            self.log.failure(
-                "SASL {state} failed at {peer}; cancelling",
-                state=auth.mechanism.name,
-                peer=self.peer,
-            )
+            self.log.failure("SASL step failed at {peer}; cancelling the login", peer=self.peer)
             line = b"*"  # the server answers NO (§5.1)
         assert self.transport is not None
         self.transport.write(self.engine.send(SaslResponse(line)))
@@ -468,13 +467,6 @@ class MupdateClientProtocol(Protocol):
             self._drop()
 
     def _data_line(self, line: DataLine) -> None:
-        head = self._pending[0] if self._pending else None
-        if head is not None and line.tag == head.tag:
-            if isinstance(line, DeleteLine):
-                self._violation(f"DELETE {text(line.name)} before streaming starts")
-                return
-            head.data.append(line)
-            return
         stream = self._stream
         if stream is not None and stream.on_change is not None and line.tag == stream.tag:
             try:
@@ -486,6 +478,13 @@ class MupdateClientProtocol(Protocol):
                     peer=self.peer,
                 )
                 self._drop()
+            return
+        head = self._pending[0] if self._pending else None
+        if head is not None and line.tag == head.tag:
+            if isinstance(line, DeleteLine):  # RFC 3656: no DELETE before the stream starts
+                self._violation(f"DELETE {text(line.name)} outside a stream")
+                return
+            head.data.append(line)
             return
         word = type(line).__name__.removesuffix("Line").upper()
         self._violation(f"{word} {text(line.name)} tagged {text(line.tag)} answers no command")

@@ -32,11 +32,13 @@ StreamLine = MailboxLine | ReserveLine | DeleteLine
 
 
 class BrakeHeld(Exception):
-    """The resync would remove too much; the last-known-good copy stays (design.md)."""
+    """The resync would remove too much; the last-known-good copy stays (design.md). The
+    plan rides along: healing the master does not wait for the brake."""
 
-    def __init__(self, hold: Hold) -> None:
+    def __init__(self, hold: Hold, plan: ResyncPlan) -> None:
         super().__init__(hold.reason)
         self.hold = hold
+        self.plan = plan
 
 
 def entry_from_line(line: MailboxLine | ReserveLine) -> MailboxEntry:
@@ -116,7 +118,8 @@ class Replica:
                     "mass-delete brake holds the resync: {reason}", reason=verdict.reason
                 )
                 self._held_lines = None
-                return _failed(BrakeHeld(verdict))
+                self._report_refusals(plan.refused, "held resync")
+                return _failed(BrakeHeld(verdict, plan))
         elif verdict.released:
             self.counters.brake_releases += 1
             self.log.warn(

@@ -75,20 +75,30 @@ class Uplink:
         self.on_synced = on_synced
         self.connected = False
         self.connections = 0
+        self.failures = 0  # sessions failed in a row; drives the backoff
         self._ping_call: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
         self._ping_interval = settings.retry_delay if settings.retry_delay >= 1 else 1.0
+        self._policy = retry_policy(settings.retry_delay, settings.retry_max, jitter)
         self.service = ClientService(
             endpoint,
             _ClientFactory(clock),
-            retryPolicy=retry_policy(settings.retry_delay, settings.retry_max, jitter),
+            retryPolicy=self._retry_delay,
             clock=clock,
             prepareConnection=self._prepare,  # type: ignore[arg-type]  # gets a proxy of our protocol
         )
 
+    def _retry_delay(self, failed_connects: int) -> float:
+        # Twisted counts failed connects; a session that connected but failed later
+        # (login, dump, brake) is counted here, so both kinds of failure back off.
+        return self._policy(max(failed_connects, self.failures))
+
     # -- one connection, top to bottom ---------------------------------------------------
 
     def _prepare(self, protocol: MupdateClientProtocol) -> Deferred[None]:
+        # The hook never fails: ClientService (Twisted 26) has no transition for a
+        # connection that closes after its prepare hook failed. A failed session closes
+        # its connection instead, and the service retries as for any lost connection.
         d = Deferred.fromCoroutine(self._session(protocol))
         d.addErrback(self._session_failed, protocol)
         return d
@@ -116,6 +126,7 @@ class Uplink:
             self.replica.abandon_resync()
             raise
         self.replica.finish_resync(plan)
+        self.failures = 0
         self.connected = True
         self.connections += 1
         protocol.closed.addBoth(self._lost)
@@ -127,11 +138,15 @@ class Uplink:
     def _stream_line(self, line: StreamLine) -> None:
         self.replica.apply_line(line)
 
-    def _session_failed(self, failure: Failure, protocol: MupdateClientProtocol) -> Failure:
+    def _session_failed(self, failure: Failure, protocol: MupdateClientProtocol) -> None:
+        self.failures += 1
         if failure.check(BrakeHeld):
             self.log.critical(
                 "resync held by the brake; keeping the last-known-good copy and retrying later"
             )
+            plan = failure.value.plan  # type: ignore[union-attr]
+            if self.healer is not None and plan.heal:
+                self.healer.heal(plan.heal)
         else:
             self.log.warn(
                 "connection to master {server} failed: {reason}",
@@ -140,7 +155,6 @@ class Uplink:
             )
         if protocol.transport is not None:
             protocol.transport.loseConnection()
-        return failure
 
     def _lost(self, _: object) -> None:
         self.connected = False

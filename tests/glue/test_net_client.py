@@ -492,6 +492,15 @@ def test_update_dump_then_stream_then_noop_interleaving(wire):
     assert seen[-1] == ReserveLine(b"U01", b"user.d", b"be3!p")
 
 
+def test_one_update_per_connection(wire):
+    wire.proto.update(lambda line: None)
+    failure_of(wire.proto.update(lambda line: None), LocalProtocolError)
+    wire.feed(b'U01 OK "streaming starts"\r\n')
+    failure_of(wire.proto.update(lambda line: None), LocalProtocolError)
+    failure_of(wire.proto.authenticate(ADMIN, PASSWORD), LocalProtocolError)
+    assert wire.take() == b"U01 UPDATE\r\n"
+
+
 def test_partial_update_sends_hosts(wire):
     wire.proto.update(lambda line: None, hosts=[b"be1", b"be 2"])
     assert wire.take() == b'U01 UPDATE "be1" "be 2"\r\n'
