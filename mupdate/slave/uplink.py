@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred
@@ -28,6 +28,9 @@ from mupdate.config.settings import SlaveSettings
 from mupdate.net.client import MupdateClientProtocol
 from mupdate.slave.heal import Healer
 from mupdate.slave.replica import BrakeHeld, Replica, StreamLine
+
+
+T = TypeVar("T")
 
 
 def retry_policy(
@@ -80,6 +83,8 @@ class Uplink:
         self._deadline: IDelayedCall | None = None
         self._ping_interval = settings.retry_delay if settings.retry_delay >= 1 else 1.0
         self._policy = retry_policy(settings.retry_delay, settings.retry_max, jitter)
+        self.login_timeout = max(10.0, settings.retry_delay)
+        self.dump_timeout = max(120.0, 10 * settings.retry_delay)
         self.service = ClientService(
             endpoint,
             _ClientFactory(clock),
@@ -103,11 +108,17 @@ class Uplink:
         d.addErrback(self._session_failed, protocol)
         return d
 
+    def _bounded(self, d: Deferred[T], seconds: float) -> Deferred[T]:
+        """A master that accepts but never answers must not hang the uplink before
+        pings start (Cyrus: client_timeout during login, nothing after)."""
+        return d.addTimeout(seconds, self.clock)
+
     async def _session(self, protocol: MupdateClientProtocol) -> None:
         master = self.settings.mupdate_server
-        await protocol.greeted
-        mechanism = await protocol.authenticate(
-            self.settings.authname, self.settings.password, self.settings.username
+        await self._bounded(protocol.greeted, self.login_timeout)
+        mechanism = await self._bounded(
+            protocol.authenticate(self.settings.authname, self.settings.password, self.settings.username),
+            self.login_timeout,
         )
         self.log.info(
             "logged in to master {server} as {user} with {state}",
@@ -117,7 +128,7 @@ class Uplink:
         )
         self.replica.begin_resync()
         try:
-            dump = await protocol.update(self._stream_line)
+            dump = await self._bounded(protocol.update(self._stream_line), self.dump_timeout)
             self.log.info(
                 "master {server} sent {count} entries; reconciling", server=master, count=len(dump)
             )

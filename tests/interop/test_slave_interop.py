@@ -227,11 +227,12 @@ def dump_end(lines: Sequence[TapLine]) -> str | None:
 
 
 def answered_noops(lines: Sequence[TapLine]) -> list[tuple[str, str]]:
-    """(`N<k> NOOP`, the master's tagged reply) pairs, in order, on one slave connection."""
+    """(`TAG NOOP`, the master's tagged reply) pairs, in order, on one slave connection
+    (Cyrus's slave tags them N0, N1, ...)."""
     w = wire(lines)
     out = []
     for i, (direction, text) in enumerate(w):
-        m = re.fullmatch(r"(N\d+) NOOP", text)
+        m = re.fullmatch(r"(\S+) NOOP", text)
         if direction == "C>" and m:
             reply = next(
                 (t for d, t in w[i + 1 :] if d == "<S" and t.startswith(m.group(1) + " ")), None
@@ -717,3 +718,65 @@ def test_p2c_writes_to_our_slave_are_refused(ours: SlaveTopo, command: tuple[byt
     assert m.list() == before_master
     # the session is still usable
     assert s.find(b"user.pam") == m.find(b"user.pam")
+
+
+def test_p2d_cyrus_master_restart_our_slave_serves_then_resyncs(ours: SlaveTopo) -> None:
+    """Cyrus master stopped: our slave keeps serving its copy (design.md "Slave"). Started
+    again: our slave reconnects, resyncs to exactly the master's list (Cyrus dropped its
+    RESERVED entries at START, so the resync must remove them), and streams again."""
+    s, m = ours.slave_session(), ours.master_session()
+    eventually(s.list, m.list(), STREAM_TIMEOUT, "our LIST == master LIST", ours.wire_report)
+    before = s.list()
+    assert any(e.kind == b"RESERVE" for e in before), show(before)
+    s.logout()
+    m.logout()
+    mark = ours.tap.mark()
+
+    ours.cyrus_master.stop()
+    # bounded: the slave notices the close at once (the tap closes both sides)
+    wait_until(
+        lambda: (
+            "lost the connection" in ours.slave.log_tail(20)
+            or len(slave_connections(ours.tap, mark)) > 0
+        ),
+        STREAM_TIMEOUT,
+        "our slave noticing the master's stop",
+    )
+    s = ours.slave_session()
+    assert s.list() == before, f"our slave while the master is down:\n{show(s.list())}"
+
+    ours.cyrus_master.start()
+
+    def resynced() -> bool:
+        conns = slave_connections(ours.tap, mark)
+        return any((dump_end(c) or "").startswith("U01 OK ") for c in conns.values())
+
+    try:
+        wait_until(resynced, RESYNC_TIMEOUT, "our slave's UPDATE after the master restart")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{ours.wire_report(mark)}") from None
+    m = ours.master_session()
+    after_master = m.list()
+    assert [e for e in before if e.kind == b"RESERVE"] != [], show(before)
+    assert all(e.kind == b"MAILBOX" for e in after_master), (
+        "Cyrus keeps RESERVED entries across its restart after all?\n" + show(after_master)
+    )
+    assert after_master == [e for e in before if e.kind == b"MAILBOX"], show(after_master)
+    s = ours.slave_session()
+    eventually(
+        s.list,
+        after_master,
+        STREAM_TIMEOUT,
+        "our LIST == master LIST after the resync",
+        lambda: ours.wire_report(mark),
+    )
+
+    ours.murder.imap(ours.be1, ["create", "user.tom"])
+    want = [mailbox("user.tom", "be1!default", acl(("tom", FULL)))]
+    eventually(
+        lambda: [e for e in s.list() if e.name == b"user.tom"],
+        want,
+        STREAM_TIMEOUT,
+        "user.tom on our slave after the restart",
+        lambda: ours.wire_report(mark),
+    )
