@@ -36,35 +36,62 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_master(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    creds = workdir / "credentials"
-    subprocess.run(
-        [sys.executable, "-m", "mupdate.tools.passwd", "--file", str(creds), "add", "admin"],
-        input=b"secret\n",
-        env=env,
-        check=True,
-        timeout=60,
-    )
-    conf = workdir / "master.conf"
-    conf.write_text(
-        f"servername: bench\nconfigdirectory: {workdir / 'db'}\nadmins: admin\n"
-        f"mupdate_credentials: {creds}\nmupdate_connections_max: 1000\n"
-    )
-    argv = [
+def bench_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def twistd_argv(plugin: str, conf: Path, port: int) -> list[str]:
+    return [
         sys.executable,
         "-c",
         "from twisted.scripts.twistd import run; run()",
         "-n",
         "--pidfile=",
-        "mupdate-master",
+        plugin,
         "--config",
         str(conf),
         "--port",
         f"tcp:{port}:interface={HOST}",
     ]
-    log = open(workdir / "twistd.log", "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_master(workdir: Path, port: int, fresh: bool = True) -> subprocess.Popen[bytes]:
+    creds = workdir / "credentials"
+    conf = workdir / "master.conf"
+    if fresh:
+        subprocess.run(
+            [sys.executable, "-m", "mupdate.tools.passwd", "--file", str(creds), "add", "admin"],
+            input=b"secret\n",
+            env=bench_env(),
+            check=True,
+            timeout=60,
+        )
+        conf.write_text(
+            f"servername: bench\nconfigdirectory: {workdir / 'db'}\nadmins: admin\n"
+            f"mupdate_credentials: {creds}\nmupdate_connections_max: 1000\n"
+        )
+    log = open(workdir / "twistd.log", "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(
+        twistd_argv("mupdate-master", conf, port),
+        cwd=REPO,
+        env=bench_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(
+                    f"port {port} never opened:\n{log.read_text(errors='replace')[-3000:]}"
+                ) from None
+            time.sleep(0.1)  # noqa: TID251 - a benchmark waiting for its server, bounded
 
 
 class Client:
@@ -218,16 +245,7 @@ def main() -> int:
         port = free_port()
         proc = start_master(workdir, port)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection((HOST, port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        print((workdir / "twistd.log").read_text(), file=sys.stderr)
-                        return 1
-                    time.sleep(0.1)  # noqa: TID251 - a benchmark waiting for its server, bounded
+            wait_port(port, proc, workdir / "twistd.log")
             results = asyncio.run(main_async(args, port))
         finally:
             proc.send_signal(signal.SIGTERM)

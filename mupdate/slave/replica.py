@@ -84,6 +84,7 @@ class Replica:
         self._now = clock_seconds
         self._consume_release = consume_release
         self._held_lines: list[StreamLine] | None = None
+        self._resync_started = 0.0
         self.committer: GroupCommitter[MailboxEntry | None] = GroupCommitter(
             store, run_blocking, self._committed, self._reload
         )
@@ -100,6 +101,7 @@ class Replica:
     def begin_resync(self) -> None:
         """From now until ``finish_resync``, stream lines wait (they follow the dump)."""
         self._held_lines = []
+        self._resync_started = self._now()
 
     def resync(self, dump: list[MailboxLine | ReserveLine]) -> Deferred[ResyncPlan]:
         """Plan, brake, apply in one transaction; errbacks with BrakeHeld when held."""
@@ -157,7 +159,9 @@ class Replica:
             self.counters.resync_changes += len(plan.changes)
             self.counters.last_sync = self._now()
             self.log.info(
-                "resync applied: {added} added, {updated} updated, {removed} removed, {count} kept by the guard",
+                "resync applied in {duration_ms} ms: {added} added, {updated} updated, {removed} removed, "
+                "{count} kept by the guard",
+                duration_ms=round((self._now() - self._resync_started) * 1000),
                 added=plan.added,
                 updated=plan.updated,
                 removed=plan.removed,

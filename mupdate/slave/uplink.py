@@ -183,7 +183,7 @@ class Uplink:
     def _ping(self, protocol: MupdateClientProtocol) -> None:
         self._ping_call = None
         self._deadline = self.clock.callLater(self._ping_interval, self._ping_timed_out, protocol)
-        d = protocol.noop()
+        d = protocol.noop(prefix=b"N")  # N0, N1, ... as Cyrus slaves ping
 
         def answered(_: object) -> None:
             if self._deadline is not None and self._deadline.active():
