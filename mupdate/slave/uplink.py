@@ -117,7 +117,9 @@ class Uplink:
         master = self.settings.mupdate_server
         await self._bounded(protocol.greeted, self.login_timeout)
         mechanism = await self._bounded(
-            protocol.authenticate(self.settings.authname, self.settings.password, self.settings.username),
+            protocol.authenticate(
+                self.settings.authname, self.settings.password, self.settings.username
+            ),
             self.login_timeout,
         )
         self.log.info(
