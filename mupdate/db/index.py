@@ -18,7 +18,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterable, Iterator
 
 from mupdate.db.order import mailbox_key, sort_key
-from mupdate.db.store import Change, ExpireTombstones, PutEntry, RemoveEntry
+from mupdate.db.store import Change, ExpireTombstones, MailboxStore, PutEntry, RemoveEntry
 from mupdate.model import MailboxEntry, Tombstone, server_of
 
 SortKey = Callable[[bytes], bytes | tuple[bytes, bytes]]
@@ -172,3 +172,8 @@ def _merged(order: list[bytes], added: set[bytes], key: SortKey) -> list[bytes]:
         start = cut
     result += order[start:]
     return result
+
+
+def load_index(store: MailboxStore) -> MailboxIndex:
+    """The whole list and its tombstones, read from a store (blocking: a worker's job)."""
+    return MailboxIndex(store.load_entries(), store.load_tombstones())

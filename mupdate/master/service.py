@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mupdate.db.index import MailboxIndex
+from mupdate.db.index import MailboxIndex, load_index
 from mupdate.db.store import Change, ExpireTombstones, MailboxStore, PutEntry, RemoveEntry
 from mupdate.logs import audit, text
 from mupdate.master.commit import GroupCommitter, RunBlocking
@@ -193,15 +193,12 @@ class MasterHandler:
             reason=str(failure.value),
         )
 
-        def load() -> MailboxIndex:
-            return MailboxIndex(self._store.load_entries(), self._store.load_tombstones())
-
         def replace(index: object) -> None:
             assert isinstance(index, MailboxIndex)
             self.index = index
             self.log.info("reloaded {count} entries after storage failure", count=len(index))
 
-        d = self._run_blocking(load)
+        d = self._run_blocking(lambda: load_index(self._store))
         d.addCallback(replace)
         return d  # type: ignore[return-value]  # fires with None after replace()
 

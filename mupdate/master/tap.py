@@ -13,15 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.application.internet import TimerService
+from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 
 from mupdate.config import (
     ConfigFileError,
@@ -31,11 +26,11 @@ from mupdate.config import (
     read_imapd_conf,
 )
 from mupdate.db.index import MailboxIndex
-from mupdate.db.lock import DirectoryLock, DirectoryLocked
-from mupdate.db.sqlite import SqliteStore
+from mupdate.db.lock import DirectoryLocked
 from mupdate.master.service import MasterHandler
+from mupdate.net.daemon import StoreDaemon
 from mupdate.net.server import MupdateServerFactory
-from mupdate.sasl.credentials import CredentialsFile, hash_password, write_credentials
+from mupdate.sasl.credentials import hash_password, write_credentials
 
 DEFAULT_DATA_DIR = Path("mupdate-data")
 DEFAULT_ADMIN = "admin"
@@ -106,57 +101,22 @@ def ensure_default_credential(settings: MasterSettings, out: TextIO) -> None:
     out.flush()
 
 
-class PasswordChecker:
-    """Runs the slow hash check on its own thread pool."""
-
-    def __init__(
-        self, credentials: CredentialsFile, reactor: IReactorThreads, pool: ThreadPool
-    ) -> None:
-        self._credentials = credentials
-        self._reactor = reactor
-        self._pool = pool
-
-    def check(self, user: str, password: bytes) -> Deferred[bool]:
-        return deferToThreadPool(
-            self._reactor, self._pool, self._credentials.verify, user, password
-        )
-
-
-class MasterService(MultiService):
-    """Owns the worker threads and the store; stops only when writes are drained."""
+class MasterService(StoreDaemon):
+    """The master's process: its store, index, handler, listeners and housekeeping."""
 
     log = Logger()
 
     def __init__(self, settings: MasterSettings, reactor: Any) -> None:
-        super().__init__()
-        self.settings = settings
-        self.reactor = reactor
-        settings.configdirectory.mkdir(parents=True, exist_ok=True)
-        self.lock = DirectoryLock(settings.configdirectory)
-        self.lock.acquire()
-        self.store_pool = ThreadPool(minthreads=1, maxthreads=1, name="mupdate-store")
-        self.auth_pool = ThreadPool(minthreads=1, maxthreads=2, name="mupdate-auth")
-        self.store = SqliteStore(settings.database_path)
+        super().__init__(settings, reactor, settings.database_path, "mupdate")
+        self.master_settings = settings
         self.index = MailboxIndex(self.store.load_entries(), self.store.load_tombstones())
-
-        def run_blocking(call: Any) -> Deferred[Any]:
-            return deferToThreadPool(reactor, self.store_pool, call)
-
         self.handler = MasterHandler(
-            self.index, self.store, run_blocking, reactor, settings.tombstone_window
+            self.index, self.store, self.run_blocking, reactor, settings.tombstone_window
         )
-        checker = PasswordChecker(
-            CredentialsFile(settings.credentials_path), reactor, self.auth_pool
+        self.serve(
+            MupdateServerFactory(settings, self.handler, self.checker, reactor),
+            self.handler.committer.barrier,
         )
-        self.factory = MupdateServerFactory(settings, self.handler, checker, reactor)
-        self.listeners: list[StreamServerEndpointService] = []
-        for description in settings.listen:
-            listener = StreamServerEndpointService(
-                serverFromString(reactor, description), self.factory
-            )
-            listener._raiseSynchronously = True  # a port in use stops twistd at once
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
         housekeeping = TimerService(
             min(3600.0, max(60.0, settings.tombstone_window / 10)), self.handler.expire_tombstones
         )
@@ -164,28 +124,14 @@ class MasterService(MultiService):
         housekeeping.setServiceParent(self)
 
     def startService(self) -> None:
-        self.store_pool.start()
-        self.auth_pool.start()
         super().startService()
         self.log.info(
             "mupdate master {servername} serving {count} entries from {path} on {listen}",
             servername=self.settings.servername,
             count=len(self.index),
-            path=str(self.settings.database_path),
+            path=str(self.master_settings.database_path),
             listen=" ".join(self.settings.listen),
         )
-
-    @inlineCallbacks
-    def stopService(self) -> Any:
-        yield super().stopService()  # listeners first: no new connections
-        for session in list(self.factory.sessions):
-            if session.transport is not None:
-                session.transport.loseConnection()
-        yield self.handler.committer.barrier()
-        self.store_pool.callInThread(self.store.close)
-        self.store_pool.stop()
-        self.auth_pool.stop()
-        self.lock.release()
 
 
 def makeService(options: Options) -> IService:

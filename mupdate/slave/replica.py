@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mupdate.db.index import MailboxIndex
+from mupdate.db.index import MailboxIndex, load_index
 from mupdate.db.store import Change, MailboxStore, PutEntry, RemoveEntry
 from mupdate.logs import text
 from mupdate.master.commit import GroupCommitter, RunBlocking
@@ -215,14 +215,11 @@ class Replica:
             "slave store failure; reloading the copy from disk: {reason}", reason=str(failure.value)
         )
 
-        def load() -> MailboxIndex:
-            return MailboxIndex(self.store.load_entries(), self.store.load_tombstones())
-
         def replace(index: object) -> None:
             assert isinstance(index, MailboxIndex)
             self.index = index
 
-        d = self._run_blocking(load)
+        d = self._run_blocking(lambda: load_index(self.store))
         d.addCallback(replace)
         return d  # type: ignore[return-value]  # fires with None after replace()
 

@@ -11,14 +11,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import HostnameEndpoint, serverFromString
-from twisted.internet.threads import deferToThreadPool
+from twisted.application.service import IService
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 
 from mupdate.config import (
     ConfigFileError,
@@ -28,12 +24,10 @@ from mupdate.config import (
     slave_settings,
 )
 from mupdate.db.index import MailboxIndex
-from mupdate.db.lock import DirectoryLock, DirectoryLocked
-from mupdate.db.sqlite import SqliteStore
-from mupdate.master.tap import PasswordChecker
+from mupdate.db.lock import DirectoryLocked
+from mupdate.net.daemon import StoreDaemon
 from mupdate.net.server import MupdateServerFactory
 from mupdate.protocol.texts import ROLE_SLAVE_PREFIX
-from mupdate.sasl.credentials import CredentialsFile
 from mupdate.slave.brake import BrakeSettings
 from mupdate.slave.disk import make_on_disk
 from mupdate.slave.guard import LocalFacts
@@ -100,19 +94,14 @@ def release_requested(directory: Path) -> bool:
     return True
 
 
-class SlaveService(MultiService):
+class SlaveService(StoreDaemon):
+    """The slave's process: its copy, the uplink to the master, the healer, listeners."""
+
     log = Logger()
 
     def __init__(self, settings: SlaveSettings, reactor: Any) -> None:
-        super().__init__()
-        self.settings = settings
-        self.reactor = reactor
-        settings.configdirectory.mkdir(parents=True, exist_ok=True)
-        self.lock = DirectoryLock(settings.configdirectory)
-        self.lock.acquire()
-        self.store_pool = ThreadPool(minthreads=1, maxthreads=1, name="mupdate-slave-store")
-        self.auth_pool = ThreadPool(minthreads=1, maxthreads=2, name="mupdate-slave-auth")
-        self.store = SqliteStore(settings.database_path)
+        super().__init__(settings, reactor, settings.database_path, "mupdate-slave")
+        self.slave_settings = settings
         index = MailboxIndex(self.store.load_entries())
         on_disk = make_on_disk(path for _, path in settings.partitions)
         # The SQLite copy keeps the master's bytes: a bare location there is a server name
@@ -123,14 +112,10 @@ class SlaveService(MultiService):
             on_disk=on_disk,
             bare_location_is_local=False,
         )
-
-        def run_blocking(call: Any) -> Any:
-            return deferToThreadPool(reactor, self.store_pool, call)
-
         self.replica = Replica(
             self.store,
             index,
-            run_blocking,
+            self.run_blocking,
             facts,
             BrakeSettings(settings.brake_share, settings.brake_minimum, settings.brake_release),
             settings.servername.encode(),
@@ -139,16 +124,10 @@ class SlaveService(MultiService):
         )
         role = ROLE_SLAVE_PREFIX + settings.mupdate_server.encode()
         self.handler = SlaveHandler(self.replica, role, ready=len(index) > 0)
-        checker = PasswordChecker(
-            CredentialsFile(settings.credentials_path), reactor, self.auth_pool
+        self.serve(
+            MupdateServerFactory(settings, self.handler, self.checker, reactor),
+            self.replica.committer.barrier,
         )
-        self.factory = MupdateServerFactory(settings, self.handler, checker, reactor)
-        for description in settings.listen:
-            listener = StreamServerEndpointService(
-                serverFromString(reactor, description), self.factory
-            )
-            listener._raiseSynchronously = True
-            listener.setServiceParent(self)
         host, port = settings.master_address
         endpoint = HostnameEndpoint(reactor, host, port, timeout=max(10, int(settings.retry_delay)))
         self.healer = Healer(settings, endpoint, reactor, on_disk) if settings.healing else None
@@ -158,29 +137,15 @@ class SlaveService(MultiService):
         self.uplink.service.setServiceParent(self)
 
     def startService(self) -> None:
-        self.store_pool.start()
-        self.auth_pool.start()
         super().startService()
         self.log.info(
             "mupdate slave {servername} ({state}) following {server}, {count} entries from {path}",
             servername=self.settings.servername,
-            state=self.settings.murder_mode,
-            server=self.settings.mupdate_server,
+            state=self.slave_settings.murder_mode,
+            server=self.slave_settings.mupdate_server,
             count=len(self.replica.index),
-            path=str(self.settings.database_path),
+            path=str(self.slave_settings.database_path),
         )
-
-    @inlineCallbacks
-    def stopService(self) -> Any:
-        yield super().stopService()
-        for session in list(self.factory.sessions):
-            if session.transport is not None:
-                session.transport.loseConnection()
-        yield self.replica.committer.barrier()
-        self.store_pool.callInThread(self.store.close)
-        self.store_pool.stop()
-        self.auth_pool.stop()
-        self.lock.release()
 
 
 def makeService(options: Options) -> IService:

@@ -29,7 +29,6 @@ from mupdate.net.client import MupdateClientProtocol
 from mupdate.slave.heal import Healer
 from mupdate.slave.replica import BrakeHeld, Replica, StreamLine
 
-
 T = TypeVar("T")
 
 

@@ -1,0 +1,96 @@
+"""What one master or slave process owns, and the order it lets go of it (style.md §5).
+
+The data directory's lock, the SQLite store with its single worker thread, the threads that
+run password checks, and the listeners. ``stopService`` stops listening, closes the
+sessions, waits until every write already accepted is durable, and only then closes the
+store, so twistd exits clean and an acknowledged write is never cut off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from mupdate.config.settings import ServerSettings
+from mupdate.db.lock import DirectoryLock
+from mupdate.db.sqlite import SqliteStore
+from mupdate.net.server import MupdateServerFactory
+from mupdate.sasl.credentials import CredentialsFile
+
+T = TypeVar("T")
+
+
+class PasswordChecker:
+    """Runs the slow hash check on its own thread pool."""
+
+    def __init__(
+        self, credentials: CredentialsFile, reactor: IReactorThreads, pool: ThreadPool
+    ) -> None:
+        self._credentials = credentials
+        self._reactor = reactor
+        self._pool = pool
+
+    def check(self, user: str, password: bytes) -> Deferred[bool]:
+        return deferToThreadPool(
+            self._reactor, self._pool, self._credentials.verify, user, password
+        )
+
+
+class StoreDaemon(MultiService):
+    def __init__(self, settings: ServerSettings, reactor: Any, database: Path, name: str) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        settings.configdirectory.mkdir(parents=True, exist_ok=True)
+        self.lock = DirectoryLock(settings.configdirectory)
+        self.lock.acquire()
+        self.store_pool = ThreadPool(minthreads=1, maxthreads=1, name=f"{name}-store")
+        self.auth_pool = ThreadPool(minthreads=1, maxthreads=2, name=f"{name}-auth")
+        self.store = SqliteStore(database)
+        self.checker = PasswordChecker(
+            CredentialsFile(settings.credentials_path), reactor, self.auth_pool
+        )
+        self.factory: MupdateServerFactory | None = None
+        self._drain: Callable[[], Deferred[None]] | None = None
+
+    def run_blocking(self, call: Callable[[], T]) -> Deferred[T]:
+        return deferToThreadPool(self.reactor, self.store_pool, call)
+
+    def serve(self, factory: MupdateServerFactory, drain: Callable[[], Deferred[None]]) -> None:
+        """Listen on every configured endpoint; ``drain`` fires when accepted writes are durable."""
+        self.factory = factory
+        self._drain = drain
+        for description in self.settings.listen:
+            listener = StreamServerEndpointService(
+                serverFromString(self.reactor, description), factory
+            )
+            listener._raiseSynchronously = True  # a port in use stops twistd at once
+            listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        self.store_pool.start()
+        self.auth_pool.start()
+        super().startService()
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        yield super().stopService()  # listeners first: no new connections
+        if self.factory is not None:
+            for session in list(self.factory.sessions):
+                if session.transport is not None:
+                    session.transport.loseConnection()
+        if self._drain is not None:
+            yield self._drain()
+        self.store_pool.callInThread(self.store.close)
+        self.store_pool.stop()
+        self.auth_pool.stop()
+        self.lock.release()
