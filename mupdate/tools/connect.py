@@ -1,0 +1,170 @@
+"""How the operator tools reach a MUPDATE server: options, password sources, login.
+
+The same settings as the slave's link to its master, from flags, an imapd.conf-style file
+(``--config``: ``mupdate_server``, ``mupdate_port``, ``mupdate_authname``,
+``mupdate_username``, ``mupdate_password`` / ``mupdate_password_file``), or both (flags
+win). The password never has to be on the command line: ``--password-file``,
+``--password-env VAR``, the config file, or a prompt on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+
+from mupdate.config import ConfigFileError, parse_imapd_conf
+from mupdate.config.settings import DEFAULT_PORT, last_values
+from mupdate.net.client import MupdateClientProtocol, ServerInfo
+
+#: Exit codes every tool shares (README "Operator tools").
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_CONNECTION = 4
+EXIT_AUTH = 5
+
+
+class ToolError(Exception):
+    """One clear line for the operator, and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    authname: str
+    password: str
+    authzid: str = ""
+    timeout: float = 15.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection (flags win over --config)")
+    group.add_argument(
+        "--config", help="imapd.conf-style file with mupdate_server, mupdate_authname, ..."
+    )
+    group.add_argument(
+        "--server", "-s", help="HOST or HOST:PORT (default: mupdate_server, else 127.0.0.1)"
+    )
+    group.add_argument(
+        "--port", "-p", type=int, help=f"port when --server has none (default {DEFAULT_PORT})"
+    )
+    group.add_argument("--user", "-u", help="authentication id (mupdate_authname)")
+    group.add_argument("--authz", help="authorization id (mupdate_username)")
+    group.add_argument("--password-file", help="read the password from the first line of this file")
+    group.add_argument(
+        "--password-env", metavar="VAR", help="read the password from this environment variable"
+    )
+    group.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds for connect and login (default 15)"
+    )
+
+
+def split_server(text: str, default_port: int) -> tuple[str, int]:
+    text = text.split("/", 1)[0]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, default_port
+
+
+def _first_line(path: str) -> str:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ToolError(
+            f"cannot read the password file {path}: {exc.strerror}", EXIT_USAGE
+        ) from None
+    if not lines or not lines[0]:
+        raise ToolError(f"the password file {path} is empty", EXIT_USAGE)
+    return lines[0]
+
+
+def resolve_target(args: argparse.Namespace, *, prompt: bool = True) -> Target:
+    values: dict[str, str] = {}
+    if args.config:
+        try:
+            text = Path(args.config).read_text(encoding="utf-8")
+            values = {
+                k: r.value for k, r in last_values(parse_imapd_conf(text, args.config)).items()
+            }
+        except (OSError, ConfigFileError, ValueError) as exc:
+            raise ToolError(f"cannot use --config {args.config}: {exc}", EXIT_USAGE) from None
+    try:
+        default_port = args.port or int(values.get("mupdate_port", DEFAULT_PORT))
+        host, port = split_server(
+            args.server or values.get("mupdate_server") or "127.0.0.1", default_port
+        )
+    except ValueError:
+        raise ToolError("the server's port must be a number", EXIT_USAGE) from None
+    user = args.user or values.get("mupdate_authname")
+    if not user:
+        raise ToolError("no user: give --user or mupdate_authname in --config", EXIT_USAGE)
+    if args.password_file:
+        password = _first_line(args.password_file)
+    elif args.password_env:
+        if args.password_env not in os.environ:
+            raise ToolError(f"the environment variable {args.password_env} is not set", EXIT_USAGE)
+        password = os.environ[args.password_env]
+    elif values.get("mupdate_password_file"):
+        password = _first_line(values["mupdate_password_file"])
+    elif values.get("mupdate_password"):
+        password = values["mupdate_password"]
+    elif prompt and sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {user} at {host}:{port}: ")
+    else:
+        raise ToolError(
+            "no password: give --password-file, --password-env, mupdate_password in --config, or run on a terminal",
+            EXIT_USAGE,
+        )
+    return Target(
+        host, port, user, password, args.authz or values.get("mupdate_username", ""), args.timeout
+    )
+
+
+async def open_session(reactor: object, target: Target) -> tuple[MupdateClientProtocol, ServerInfo]:
+    """Connect and log in, bounded by ``target.timeout``; failures become ToolErrors."""
+    from twisted.internet.error import ConnectError, ConnectionLost
+    from twisted.internet.error import TimeoutError as TxTimeout
+
+    from mupdate.net.client import AuthenticationFailed, MupdateError
+
+    protocol = MupdateClientProtocol(reactor)  # type: ignore[arg-type]
+    endpoint = HostnameEndpoint(reactor, target.host, target.port, timeout=int(target.timeout) or 1)
+    try:
+        await connectProtocol(endpoint, protocol).addTimeout(target.timeout, reactor)  # type: ignore[arg-type]
+        info = await protocol.greeted.addTimeout(target.timeout, reactor)  # type: ignore[arg-type]
+        await protocol.authenticate(target.authname, target.password, target.authzid).addTimeout(
+            target.timeout,
+            reactor,  # type: ignore[arg-type]
+        )
+    except AuthenticationFailed as exc:
+        protocol.close()
+        raise ToolError(
+            f"login to {target.address} as {target.authname} refused: {exc.text.decode(errors='replace')}",
+            EXIT_AUTH,
+        ) from None
+    except (ConnectError, ConnectionLost, TxTimeout, MupdateError, OSError) as exc:
+        protocol.close()
+        raise ToolError(
+            f"cannot reach a MUPDATE server at {target.address}: {exc}", EXIT_CONNECTION
+        ) from None
+    return protocol, info
