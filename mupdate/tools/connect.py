@@ -150,7 +150,7 @@ async def open_session(reactor: object, target: Target) -> tuple[MupdateClientPr
     protocol = MupdateClientProtocol(reactor)  # type: ignore[arg-type]
     endpoint = HostnameEndpoint(reactor, target.host, target.port, timeout=int(target.timeout) or 1)
     try:
-        await connectProtocol(endpoint, protocol).addTimeout(target.timeout, reactor)  # type: ignore[arg-type]
+        await connectProtocol(endpoint, protocol).addTimeout(target.timeout, reactor)
         info = await protocol.greeted.addTimeout(target.timeout, reactor)  # type: ignore[arg-type]
         await protocol.authenticate(target.authname, target.password, target.authzid).addTimeout(
             target.timeout,
