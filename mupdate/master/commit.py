@@ -84,6 +84,17 @@ class GroupCommitter(Generic[T]):
             self._start()
         return pending.done
 
+    def submit_all(self, items: list[tuple[Change, T]]) -> list[Deferred[None]]:
+        """Several changes that must be durable together: queued before any commit starts,
+        so they land in one batch, one transaction."""
+        if self._recovering:
+            return [self.submit(change, context) for change, context in items]
+        pending = [_Pending(change, context, Deferred()) for change, context in items]
+        self._queue.extend(pending)
+        if pending and not self._in_flight and not self._completing:
+            self._start()
+        return [p.done for p in pending]
+
     def barrier(self) -> Deferred[None]:
         """Fires once everything submitted so far is durable (at once when idle), and
         fails if any of it failed. It waits for the last write queued now, not for the

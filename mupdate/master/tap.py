@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService
+from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -27,6 +28,7 @@ from mupdate.config import (
 )
 from mupdate.db.index import MailboxIndex
 from mupdate.db.lock import DirectoryLocked
+from mupdate.master.control import SOCKET_NAME, ControlFactory
 from mupdate.master.service import MasterHandler
 from mupdate.net.daemon import StoreDaemon
 from mupdate.net.server import MupdateServerFactory
@@ -122,6 +124,15 @@ class MasterService(StoreDaemon):
         )
         housekeeping.clock = reactor
         housekeeping.setServiceParent(self)
+        # Only one master holds this directory (the lock): a socket file left by a killed
+        # one is stale and can go.
+        control_path = settings.configdirectory / SOCKET_NAME
+        control_path.unlink(missing_ok=True)
+        control = StreamServerEndpointService(
+            UNIXServerEndpoint(reactor, str(control_path), mode=0o600),
+            ControlFactory(self.handler, reactor.seconds),
+        )
+        control.setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()

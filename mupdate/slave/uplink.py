@@ -103,9 +103,20 @@ class Uplink:
         # The hook never fails: ClientService (Twisted 26) has no transition for a
         # connection that closes after its prepare hook failed. A failed session closes
         # its connection instead, and the service retries as for any lost connection.
+        # Nor has it one for a connection lost while the hook runs: a loss while the
+        # session waits on the store (the resync's transaction) must end the hook at once,
+        # before ClientService hears of it (protocol.closed fires first).
         d = Deferred.fromCoroutine(self._session(protocol))
         d.addErrback(self._session_failed, protocol)
-        return d
+        hook: Deferred[None] = Deferred()
+
+        def settle(_: object) -> None:
+            if not hook.called:
+                hook.callback(None)
+
+        d.addBoth(settle)
+        protocol.closed.addBoth(settle)
+        return hook
 
     def _bounded(self, d: Deferred[T], seconds: float) -> Deferred[T]:
         """A master that accepts but never answers must not hang the uplink before
@@ -141,8 +152,8 @@ class Uplink:
         self.failures = 0
         self.connected = True
         self.connections += 1
-        protocol.closed.addBoth(self._lost)
         self._schedule_ping(protocol)
+        protocol.closed.addBoth(self._lost)  # cancels the ping if the master has gone already
         self.on_synced()
         if self.healer is not None and plan.heal:
             self.healer.heal(plan.heal)

@@ -1,22 +1,103 @@
 """``mupdate-admin``: backup, restore and check the master's store.
 
 ``export`` writes the whole list as JSON (safe while the master runs: SQLite's WAL gives a
-consistent read). ``import`` replaces the whole list in one transaction and needs the
-master stopped (it takes the data directory's lock, which a running master holds).
-``verify`` runs the store's consistency check.
+consistent read). ``import`` replaces the whole list atomically: into a stopped master's
+database in one transaction, or, when the master runs (it holds the data directory's
+lock), through its control socket, in one commit batch that its streams see.
+``verify`` runs the store's consistency check. ``conflicts`` lists entries that need an
+operator: reserved ones (an interrupted create or XFER), locations with an empty partition
+(Cyrus's rename bug, §10.2) and locations without a server part.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import socket
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from mupdate.config import ConfigFileError, SettingsError
 from mupdate.db.export import export_entries, import_entries
 from mupdate.db.lock import DirectoryLock, DirectoryLocked
 from mupdate.db.sqlite import SqliteStore
+from mupdate.logs import text
+from mupdate.master.control import SOCKET_NAME
 from mupdate.master.tap import build_settings
+from mupdate.model import MailboxEntry
+
+CONTROL_TIMEOUT = 600.0
+
+
+def conflicts(entries: list[MailboxEntry]) -> list[tuple[str, MailboxEntry]]:
+    found: list[tuple[str, MailboxEntry]] = []
+    for entry in entries:
+        if not entry.active:
+            found.append(("reserved", entry))
+        if b"!" not in entry.location:
+            found.append(("no-server", entry))
+        elif entry.location.endswith(b"!"):
+            found.append(("empty-partition", entry))
+    return found
+
+
+def import_running(control: Path, body: str) -> tuple[int, str]:
+    """Send the import to a running master; its one-line answer decides the exit code."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONTROL_TIMEOUT)
+        sock.connect(str(control))
+        sock.sendall(b"IMPORT\n" + body.encode("utf-8"))
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    line = reply.decode("utf-8", "replace").strip()
+    if line.startswith("OK "):
+        added, changed, removed = line.split()[1:4]
+        return (
+            0,
+            f"imported into the running master: {added} added, {changed} changed, {removed} removed",
+        )
+    return 1, line.removeprefix("NO ") or "the master closed the control socket without an answer"
+
+
+def _import(settings_dir: Path, path: Path, stdin: TextIO) -> int:
+    body = stdin.read()
+    try:
+        entries = import_entries(io.StringIO(body))
+    except ValueError as exc:
+        print(f"mupdate-admin: import refused, nothing changed: {exc}", file=sys.stderr)
+        return 1
+    settings_dir.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(settings_dir)
+    try:
+        lock.acquire()
+    except DirectoryLocked:
+        try:
+            code, message = import_running(settings_dir / SOCKET_NAME, body)
+        except OSError as exc:
+            print(
+                f"mupdate-admin: the master runs but its control socket failed: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"mupdate-admin: {message}", file=sys.stderr)
+        return code
+    try:
+        store = SqliteStore(path)
+        try:
+            store.replace_all(entries)
+        finally:
+            store.close()
+    finally:
+        lock.release()
+    print(f"mupdate-admin: imported {len(entries)} entries into {path}", file=sys.stderr)
+    return 0
 
 
 def main(
@@ -31,8 +112,10 @@ def main(
     )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("export", help="write the whole list as JSON to stdout")
-    sub.add_parser("import", help="replace the whole list with JSON from stdin (master stopped)")
+    sub.add_parser("import", help="replace the whole list with JSON from stdin, atomically")
     sub.add_parser("verify", help="check the store's consistency")
+    found = sub.add_parser("conflicts", help="entries that need an operator")
+    found.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     try:
         settings = build_settings(args.config, args.data_dir, [])
@@ -40,38 +123,33 @@ def main(
         print(f"mupdate-admin: {exc}", file=sys.stderr)
         return 2
     path = settings.database_path
-    if args.action != "import" and not path.exists():
+    if args.action == "import":
+        return _import(settings.configdirectory, path, stdin)
+    if not path.exists():
         print(f"mupdate-admin: no database at {path}", file=sys.stderr)
         return 1
-    if args.action == "import":
-        try:
-            entries = import_entries(stdin)
-        except ValueError as exc:
-            print(f"mupdate-admin: import refused, nothing changed: {exc}", file=sys.stderr)
-            return 1
-        settings.configdirectory.mkdir(parents=True, exist_ok=True)
-        lock = DirectoryLock(settings.configdirectory)
-        try:
-            lock.acquire()
-        except DirectoryLocked as exc:
-            print(f"mupdate-admin: {exc}; stop the master first", file=sys.stderr)
-            return 1
-        try:
-            store = SqliteStore(path)
-            try:
-                store.replace_all(entries)
-            finally:
-                store.close()
-        finally:
-            lock.release()
-        print(f"mupdate-admin: imported {len(entries)} entries into {path}", file=sys.stderr)
-        return 0
     store = SqliteStore(path)
     try:
         if args.action == "export":
             count = export_entries(store.load_entries(), stdout)
             print(f"mupdate-admin: exported {count} entries", file=sys.stderr)
             return 0
+        if args.action == "conflicts":
+            found_entries = conflicts(sorted(store.load_entries(), key=lambda e: e.name))
+            for kind, entry in found_entries:
+                if args.json:
+                    record = {
+                        "conflict": kind,
+                        "name": text(entry.name),
+                        "location": text(entry.location),
+                    }
+                    print(json.dumps(record), file=stdout)
+                else:
+                    print(f"{kind:16} {text(entry.name)}  {text(entry.location)}", file=stdout)
+            print(
+                f"mupdate-admin: {len(found_entries)} entr(ies) need an operator", file=sys.stderr
+            )
+            return 1 if found_entries else 0
         problems = store.check()
     finally:
         store.close()

@@ -6,6 +6,7 @@ Every client here is a real socket; every wait is bounded by the client's timeou
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,7 +254,32 @@ def test_admin_export_import_round_trip(master, tmp_path):
         [*admin, "export"], env=env, capture_output=True, text=True, timeout=60, check=True
     )
     assert '"user.x"' in exported.stdout
-    refused = subprocess.run(
+    with client(master) as c:
+        c.command(b"ACTIVATE", "user.z", "be2!p", "")
+        c.command(b"DELETE", "user.x")
+    # Into the running master: one atomic batch, seen by its streams.
+    with client(master) as streamer:
+        streamer.send_raw(b"U01 UPDATE\r\n")
+        assert streamer.read_until_tagged(b"U01").ok
+        done = subprocess.run(
+            [*admin, "import"],
+            env=env,
+            input=exported.stdout,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "1 added, 0 changed, 1 removed" in done.stderr
+        seen = {(r.kind, r.args[0]) for r in (streamer.read_response(), streamer.read_response())}
+        assert seen == {(b"MAILBOX", b"user.x"), (b"DELETE", b"user.z")}
+    with client(master) as c:
+        assert {e.name for e in c.list()} == {b"user.x", b"user.y"}
+    # Into a stopped master's database.
+    master.stop()
+    shutil.rmtree(master.store_dir)
+    master.store_dir.mkdir()
+    offline = subprocess.run(
         [*admin, "import"],
         env=env,
         input=exported.stdout,
@@ -261,33 +287,15 @@ def test_admin_export_import_round_trip(master, tmp_path):
         text=True,
         timeout=60,
     )
-    assert refused.returncode == 1
-    assert "stop the master first" in refused.stderr
-    master.stop()
-    backup = Path(tmp_path / "backup.json")
-    backup.write_text(exported.stdout)
-    with client_after_restore(master, admin, env, exported.stdout) as c:
-        assert {e.name for e in c.list()} == {b"user.x", b"user.y"}
-
-
-def client_after_restore(
-    master: OurMaster, admin: list[str], env: dict[str, str], data: str
-) -> MupdateClient:
-    import shutil
-
-    shutil.rmtree(master.store_dir)
-    master.store_dir.mkdir()
-    subprocess.run(
-        [*admin, "import"],
-        env=env,
-        input=data,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    assert offline.returncode == 0, offline.stderr
     master.start()
-    return client(master)
+    with client(master) as c:
+        assert {e.name for e in c.list()} == {b"user.x", b"user.y"}
+    conflicts = subprocess.run(
+        [*admin, "conflicts"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert conflicts.returncode == 1
+    assert conflicts.stdout.split() == ["reserved", "user.y", "be1!p"]
 
 
 def test_installed_package_provides_the_plugin_and_scripts(tmp_path):
