@@ -18,14 +18,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mupdate.config.settings import SlaveSettings
-from mupdate.net.client import MupdateClientProtocol
+from mupdate.net.client import ConnectionClosed, MupdateClientProtocol
 from mupdate.slave.heal import Healer
 from mupdate.slave.replica import BrakeHeld, Replica, StreamLine
 
@@ -78,6 +78,7 @@ class Uplink:
         self.connected = False
         self.connections = 0
         self.failures = 0  # sessions failed in a row; drives the backoff
+        self._resync_lock = DeferredLock()
         self._ping_call: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
         self._ping_interval = settings.retry_delay if settings.retry_delay >= 1 else 1.0
@@ -138,17 +139,26 @@ class Uplink:
             user=self.settings.authname,
             state=mechanism,
         )
-        self.replica.begin_resync()
+        # A session whose connection died while its resync was committing may still be
+        # finishing when the next one starts: one resync at a time, or the later one's
+        # held stream lines could be applied under the earlier one's transaction.
+        await self._resync_lock.acquire()
         try:
-            dump = await self._bounded(protocol.update(self._stream_line), self.dump_timeout)
-            self.log.info(
-                "master {server} sent {count} entries; reconciling", server=master, count=len(dump)
-            )
-            plan = await self.replica.resync(dump)
-        except BaseException:
-            self.replica.abandon_resync()
-            raise
-        self.replica.finish_resync(plan)
+            self.replica.begin_resync()
+            try:
+                dump = await self._bounded(protocol.update(self._stream_line), self.dump_timeout)
+                self.log.info(
+                    "master {server} sent {count} entries; reconciling",
+                    server=master,
+                    count=len(dump),
+                )
+                plan = await self.replica.resync(dump)
+            except BaseException:
+                self.replica.abandon_resync()
+                raise
+            self.replica.finish_resync(plan)
+        finally:
+            self._resync_lock.release()
         self.failures = 0
         self.connected = True
         self.connections += 1
@@ -205,6 +215,8 @@ class Uplink:
                 self._schedule_ping(protocol)
 
         def refused(failure: Failure) -> None:
+            if failure.check(ConnectionClosed):
+                return  # _lost has it in hand
             self.log.warn(
                 "master answered NOOP with {reason}; reconnecting", reason=failure.getErrorMessage()
             )
