@@ -14,11 +14,21 @@ from pathlib import Path
 from typing import Final
 
 from mupdate.config.imapdconf import ConfigRecord
+from mupdate.config.tls_settings import (
+    ClientTls,
+    ServerTls,
+    TlsSettingsError,
+    client_tls,
+    server_tls,
+)
 from mupdate.protocol.limits import ProtocolLimits
+from mupdate.sasl.mechanisms import SUPPORTED_MECHANISMS
 
 DEFAULT_PORT: Final = 3905
 DEFAULT_LISTEN: Final = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
-DEFAULT_MECHANISMS: Final = ("PLAIN", "LOGIN")
+#: Offered by default, strongest first: SCRAM (``-PLUS`` only under TLS, where the channel
+#: binding exists), then PLAIN and LOGIN (only where plaintext passwords are allowed).
+DEFAULT_MECHANISMS: Final = SUPPORTED_MECHANISMS
 
 _TRUE: Final = frozenset({"1", "yes", "on", "true", "t", "y"})
 _FALSE: Final = frozenset({"0", "no", "off", "false", "f", "n"})
@@ -102,6 +112,28 @@ def last_values(records: Iterable[ConfigRecord]) -> dict[str, ConfigRecord]:
     return result
 
 
+def parse_authority(record: ConfigRecord) -> dict[str, frozenset[str]]:
+    """``USER=SERVER[,SERVER...]`` or ``USER=readonly``, space separated (design.md,
+    "Authorisation"). Server names compare case-insensitively, as Cyrus's do."""
+    out: dict[str, frozenset[str]] = {}
+    for word in parse_words(record):
+        user, sep, servers = word.partition("=")
+        names = [s for s in servers.split(",") if s]
+        if not sep or not user or not names or len(names) != servers.count(",") + 1:
+            raise SettingsError(
+                f"{_where(record)}: expected USER=SERVER[,SERVER...] or USER=readonly, got {word!r}"
+            )
+        if user in out:
+            raise SettingsError(f"{_where(record)}: {user} is bound twice")
+        if [n.lower() for n in names] == ["readonly"]:
+            out[user] = frozenset()
+        elif "readonly" in (n.lower() for n in names):
+            raise SettingsError(f"{_where(record)}: {user}: readonly stands alone")
+        else:
+            out[user] = frozenset(n.lower() for n in names)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """What every MUPDATE listener needs, master or slave."""
@@ -115,10 +147,13 @@ class ServerSettings:
     loopback_plaintext: bool = True
     mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS
     failed_login_pause: float = 3.0
+    auth_attempts_max: int = 3  # failed AUTHENTICATEs per connection, then * BYE
+    login_timeout: float = 60.0  # seconds from connect to a successful login, then * BYE
     connections_max: int = 128
     idle_timeout: float = 180 * 60.0
     stream_buffer_max: int = 16 * 1024 * 1024
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
+    tls: ServerTls = field(default_factory=ServerTls)
 
     @property
     def credentials_path(self) -> Path:
@@ -129,6 +164,9 @@ class ServerSettings:
 class MasterSettings(ServerSettings):
     tombstone_window: float = 24 * 3600.0
     database: Path | None = None
+    #: mupdate_authority: credential (authcid) -> the servernames it may write for,
+    #: lower-cased; an empty set is a read-only credential. Users not listed are unbound.
+    authority: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def database_path(self) -> Path:
@@ -185,12 +223,22 @@ def server_fields(values: Mapping[str, ConfigRecord], default_servername: str) -
         out["mechanisms"] = mechs
     if "failedloginpause" in values:
         out["failed_login_pause"] = parse_duration(values["failedloginpause"])
+    if "mupdate_auth_attempts_max" in values:
+        out["auth_attempts_max"] = parse_int(values["mupdate_auth_attempts_max"], 1)
+    if "mupdate_login_timeout" in values:
+        out["login_timeout"] = parse_duration(values["mupdate_login_timeout"])
+        if out["login_timeout"] == 0:
+            raise SettingsError(f"{_where(values['mupdate_login_timeout'])}: must be above 0")
     if "mupdate_connections_max" in values:
         out["connections_max"] = parse_int(values["mupdate_connections_max"], 1)
     if "mupdate_idle_timeout" in values:
         out["idle_timeout"] = parse_duration(values["mupdate_idle_timeout"])
     if "mupdate_stream_buffer_max" in values:
         out["stream_buffer_max"] = parse_size(values["mupdate_stream_buffer_max"])
+    try:
+        out["tls"] = server_tls(values)  # tls_server_cert, ..., mupdate_tls_required
+    except TlsSettingsError as exc:
+        raise SettingsError(str(exc)) from None
     return out
 
 
@@ -215,6 +263,8 @@ def master_settings(
         fields["tombstone_window"] = parse_duration(values["mupdate_tombstone_window"])
     if "mupdate_database" in values:
         fields["database"] = Path(values["mupdate_database"].value)
+    if "mupdate_authority" in values:
+        fields["authority"] = parse_authority(values["mupdate_authority"])
     fields.update(overrides or {})
     settings = MasterSettings(**fields)  # type: ignore[arg-type]  # fields are checked above
     if not settings.servername:
@@ -242,6 +292,7 @@ class SlaveSettings(ServerSettings):
     brake_minimum: int = 10
     brake_release: bool = False
     database: Path | None = None
+    client_tls: ClientTls = field(default_factory=ClientTls)  # the link to the master
 
     @property
     def database_path(self) -> Path:
@@ -344,6 +395,10 @@ def slave_settings(
         fields["brake_release"] = parse_bool(values["mupdate_brake_release"])
     if "mupdate_slave_database" in values:
         fields["database"] = Path(values["mupdate_slave_database"].value)
+    try:
+        fields["client_tls"] = client_tls(values)  # mupdate_starttls, tls_server_ca_file, ...
+    except TlsSettingsError as exc:
+        raise SettingsError(str(exc)) from None
     fields.update(overrides or {})
     settings = SlaveSettings(**fields)  # type: ignore[arg-type]  # fields are checked above
     if not settings.authname:

@@ -10,6 +10,7 @@ If a commit fails, every write not yet durable gets NO and the index is reloaded
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,6 +22,7 @@ from twisted.python.failure import Failure
 from mupdate.db.index import MailboxIndex, load_index
 from mupdate.db.store import Change, ExpireTombstones, MailboxStore, PutEntry, RemoveEntry
 from mupdate.logs import audit, text
+from mupdate.master import authority as authority_rules
 from mupdate.master.commit import GroupCommitter, RunBlocking
 from mupdate.master.rules import Apply, Refuse, Unchanged, decide
 from mupdate.master.streams import StreamChange, StreamHub, dump_chunks, entry_line
@@ -67,8 +69,10 @@ class MasterHandler:
         run_blocking: RunBlocking,
         clock: IReactorTime,
         tombstone_window: float,
+        authority: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.index = index
+        self.authority: Mapping[str, frozenset[str]] = authority or {}
         self.hub = StreamHub()
         self.clock = clock
         self.tombstone_window = tombstone_window
@@ -130,6 +134,20 @@ class MasterHandler:
         self, command: WriteCommand, session: MupdateServerProtocol
     ) -> Reply | Deferred[Reply]:
         current = self.index.get(command.name)
+        tag = command.tag
+        refusal = authority_rules.check(self.authority, session.authcid, command, current)
+        if refusal is not None:
+            location = getattr(command, "location", None)
+            audit.warn(
+                "{user} refused {command} {mailbox} at {location}: {reason}",
+                user=session.authcid,
+                command=type(command).__name__.upper(),
+                mailbox=text(command.name),
+                location=text(location),
+                old_location=text(current.location) if current else "-",
+                reason=text(refusal.text),
+            )
+            return [Done(tag, Status.NO, refusal.text)]
         decision = decide(
             command,
             current,
@@ -137,7 +155,6 @@ class MasterHandler:
             now=self.clock.seconds(),
             tombstone_window=self.tombstone_window,
         )
-        tag = command.tag
         match decision:
             case Refuse(text=reason):
                 self.log.info(

@@ -113,7 +113,12 @@ class MasterService(StoreDaemon):
         self.master_settings = settings
         self.index = MailboxIndex(self.store.load_entries(), self.store.load_tombstones())
         self.handler = MasterHandler(
-            self.index, self.store, self.run_blocking, reactor, settings.tombstone_window
+            self.index,
+            self.store,
+            self.run_blocking,
+            reactor,
+            settings.tombstone_window,
+            authority=settings.authority,
         )
         self.serve(
             MupdateServerFactory(settings, self.handler, self.checker, reactor),

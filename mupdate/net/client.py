@@ -12,6 +12,11 @@ events to the Deferreds waiting for them and turns NO, BAD and BYE into typed ex
 # event goes to one of four places:
 #
 #   banner     Capability lines are collected; ServerReady fires ``greeted`` with ServerInfo.
+#   STARTTLS   ``starttls(options)`` runs alone on the wire, as AUTHENTICATE does: S01 STARTTLS,
+#              the reply read by prefix (§5.2); on OK the transport starts TLS, what was
+#              learnt from the banner is forgotten, and the banner re-sent under TLS (§3.2)
+#              fires the call's Deferred. A failed handshake or a refused certificate ends
+#              the connection: every waiter fails with TlsFailed.
 #   SASL       an AUTHENTICATE runs alone on the wire: commands issued meanwhile are held and
 #              written after its tagged reply. Each SaslChallenge is answered through the
 #              mechanism as a bare base64 line; an empty answer is an empty line, which is how
@@ -40,13 +45,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    ISSLTransport,
+    ITLSTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mupdate.logs import text
+from mupdate.protocol import texts
 from mupdate.protocol.buffer import Sentinel
 from mupdate.protocol.client import Capability, ClientConnection, ServerReady
 from mupdate.protocol.commands import (
@@ -73,6 +88,7 @@ from mupdate.protocol.responses import (
     Status,
 )
 from mupdate.sasl.mechanisms import ClientMechanism, client_mechanism
+from mupdate.sasl.scram import tls_server_end_point
 
 __all__ = [
     "AuthenticationFailed",
@@ -84,11 +100,13 @@ __all__ = [
     "ProtocolViolation",
     "ServerBye",
     "ServerInfo",
+    "TlsFailed",
 ]
 
 # Cyrus's fixed tags (§2.2).
 AUTH_TAG = b"A01"
 UPDATE_TAG = b"U01"
+STARTTLS_TAG = b"S01"
 LOGOUT_TAG = b"Q01"
 
 Entry = MailboxLine | ReserveLine
@@ -136,6 +154,11 @@ class ConnectionClosed(MupdateError):
     """The connection ended (or never existed) before the answer arrived."""
 
 
+class TlsFailed(ConnectionClosed):
+    """TLS could not be established: the handshake failed or the server's certificate was
+    refused (expired, unknown CA, wrong host name). The connection is gone."""
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     capabilities: dict[bytes, tuple[bytes, ...]]
@@ -173,6 +196,14 @@ class _Auth:
     mechanism: ClientMechanism | None = None  # None until the banner has been read
 
 
+@dataclass(eq=False)
+class _StartTls:
+    options: IOpenSSLClientConnectionCreator  # from mupdate.tls.client_options
+    deferred: Deferred[ServerInfo] = field(default_factory=Deferred)
+    sent: bool = False
+    negotiating: bool = False  # OK received; waiting for the banner under TLS
+
+
 def _entries(result: CommandResult) -> list[Entry]:
     # Routing never lets a DeleteLine into a reply (it is a violation there); this narrows.
     return [line for line in result.data if not isinstance(line, DeleteLine)]
@@ -195,6 +226,7 @@ class MupdateClientProtocol(Protocol):
         self._pending: deque[_Pending] = deque()
         self._held: list[_Pending] = []
         self._auth: _Auth | None = None
+        self._starttls: _StartTls | None = None
         self._stream: _Pending | None = None
         self._tags: dict[bytes, int] = {}
         self._closing = False
@@ -212,7 +244,10 @@ class MupdateClientProtocol(Protocol):
         self._lost = self._closing = True
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
-        self._fail_all(ConnectionClosed(reason.getErrorMessage()))
+        if reason.check(SSL.Error, VerificationError, CertificateError):
+            self._fail_all(TlsFailed(f"TLS with {self.peer} failed: {reason.getErrorMessage()}"))
+        else:
+            self._fail_all(ConnectionClosed(reason.getErrorMessage()))
         self.closed.callback(None)
         waiters, self._close_waiters = self._close_waiters, []
         for waiter in waiters:
@@ -322,6 +357,54 @@ class MupdateClientProtocol(Protocol):
             raise ProtocolViolation(reason)
         return entries[0] if entries else None
 
+    # -- STARTTLS (§3.2, §5.2) ------------------------------------------------------------
+
+    @property
+    def tls_active(self) -> bool:
+        """Under TLS: after STARTTLS, or from the first byte (implicit TLS)."""
+        return self.engine.tls_active or ISSLTransport.providedBy(self.transport)
+
+    def starttls(self, options: IOpenSSLClientConnectionCreator) -> Deferred[ServerInfo]:
+        """``S01 STARTTLS``, then TLS with ``options`` (from ``mupdate.tls.client_options``);
+        fires with the banner the server sends again under TLS. NO or BAD fail with
+        CommandFailed and leave the session in clear; the caller decides what that means.
+        Waits for the first banner if need be; nothing else may be in flight."""
+        if self._closing or self.transport is None:
+            return fail(ConnectionClosed("not connected"))
+        if self.tls_active:
+            return fail(LocalProtocolError("already under TLS"))
+        if not ITLSTransport.providedBy(self.transport):
+            return fail(LocalProtocolError("this transport cannot start TLS"))
+        busy = self._auth is not None or self._starttls is not None or self._stream is not None
+        if busy or self._pending or self._held:
+            return fail(LocalProtocolError("STARTTLS must be the only command in flight"))
+        self._starttls = tls = _StartTls(options)
+        if self.info is not None:
+            self._send_starttls()
+        return tls.deferred
+
+    def _send_starttls(self) -> None:
+        tls = self._starttls
+        assert tls is not None
+        assert self.transport is not None
+        tls.sent = True
+        self.transport.write(self.engine.send(Starttls(STARTTLS_TAG)))
+
+    def _starttls_reply(self, done: Done) -> None:
+        tls = self._starttls
+        assert tls is not None
+        if done.status is not Status.OK:  # the engine is back in READY, in clear
+            self._starttls = None
+            tls.deferred.errback(CommandFailed(done.status.value, done.text, done.tag))
+            return
+        # The engine dropped whatever followed the OK in clear and waits (PAUSED).
+        tls.negotiating = True
+        self._capabilities = {}
+        self.info = None
+        ITLSTransport(self.transport).startTLS(tls.options)
+        self.engine.tls_started()
+        self.log.debug("starting TLS with {peer}", peer=self.peer)
+
     # -- AUTHENTICATE (§5.1) --------------------------------------------------------------
 
     def authenticate(
@@ -337,13 +420,30 @@ class MupdateClientProtocol(Protocol):
 
         def pick(info: ServerInfo) -> ClientMechanism:
             usable = tuple(m for m in info.mechanisms if allowed is None or m in allowed)
-            mechanism = client_mechanism(usable, authcid, password, authzid)
+            binding = self.channel_binding(info)
+            mechanism = client_mechanism(usable, authcid, password, authzid, binding)
             if mechanism is None:
                 offered = " ".join(info.mechanisms) or "none"
                 raise AuthenticationFailed(f"no usable mechanism (offered: {offered})".encode())
             return mechanism
 
         return self._authenticate(pick)
+
+    def channel_binding(self, info: ServerInfo) -> bytes | None:
+        """tls-server-end-point data (RFC 5929) for SCRAM ``-PLUS``: a hash of the server's
+        certificate. Only under TLS and only with a server of ours: Cyrus binds SCRAM to
+        ``tls-unique`` (its ``saslprops_set_tls``), so ``-PLUS`` against Cyrus would fail
+        where plain SCRAM works."""
+        if not self.tls_active or self.transport is None:
+            return None
+        if info.ready.parts[2:3] != (texts.IMPLEMENTATION,):
+            return None
+        try:
+            certificate = self.transport.getPeerCertificate()  # type: ignore[attr-defined]
+            der = certificate.to_cryptography().public_bytes(Encoding.DER)
+        except Exception:  # no certificate to be had: no binding, plain SCRAM
+            return None
+        return tls_server_end_point(der)
 
     def authenticate_with(self, mechanism: ClientMechanism) -> Deferred[str]:
         """Log in with a mechanism chosen by the caller (e.g. one outside ``client_mechanism``)."""
@@ -439,10 +539,20 @@ class MupdateClientProtocol(Protocol):
         self.info = ServerInfo(dict(self._capabilities), ready, mechanisms)
         if self._auth is not None:
             self._start_sasl()
+        tls = self._starttls
+        if tls is not None:  # STARTTLS: the first banner lets it go out, the second ends it
+            if not tls.sent:
+                self._send_starttls()
+            elif tls.negotiating:  # last: its caller may AUTHENTICATE at once
+                self._starttls = None
+                tls.deferred.callback(self.info)
         if not self.greeted.called:
             self.greeted.callback(self.info)
 
     def _done(self, done: Done) -> None:
+        if self._starttls is not None and self._starttls.sent and not self._starttls.negotiating:
+            self._starttls_reply(done)  # the engine reads only S01's reply in this mode
+            return
         auth = self._auth
         if auth is not None and auth.mechanism is not None:
             # The engine leaves AUTHENTICATING only on the AUTHENTICATE's own tag.
@@ -500,6 +610,9 @@ class MupdateClientProtocol(Protocol):
         if not self.greeted.called:
             self.greeted.errback(exc)
         auth, self._auth = self._auth, None
+        tls, self._starttls = self._starttls, None
+        if tls is not None:
+            tls.deferred.errback(exc)
         pending = [*self._pending, *self._held]
         self._pending.clear()
         self._held = []

@@ -1,7 +1,9 @@
 """What one master or slave process owns, and the order it lets go of it (style.md §5).
 
 The data directory's lock, the SQLite store with its single worker thread, the threads that
-run password checks, and the listeners. ``stopService`` stops listening, closes the
+run password checks, and the listeners: ``mupdate_listen`` endpoints (STARTTLS offered there
+when a certificate is configured) and ``mupdate_tls_listen`` endpoints, TLS from the first
+byte (implicit TLS, §3.3 point 4). ``stopService`` stops listening, closes the
 sessions, waits until every write already accepted is durable, and only then closes the
 store, so twistd exits clean and an acknowledged write is never cut off.
 """
@@ -18,6 +20,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mupdate.config.settings import ServerSettings
@@ -25,12 +28,14 @@ from mupdate.db.lock import DirectoryLock
 from mupdate.db.sqlite import SqliteStore
 from mupdate.net.server import MupdateServerFactory
 from mupdate.sasl.credentials import CredentialsFile
+from mupdate.sasl.scram import ScramKeys
+from mupdate.tls import TlsConfigError, server_options
 
 T = TypeVar("T")
 
 
 class PasswordChecker:
-    """Runs the slow hash check on its own thread pool."""
+    """Runs the slow hash check on its own thread pool; hands out SCRAM stored keys."""
 
     def __init__(
         self, credentials: CredentialsFile, reactor: IReactorThreads, pool: ThreadPool
@@ -43,6 +48,14 @@ class PasswordChecker:
         return deferToThreadPool(
             self._reactor, self._pool, self._credentials.verify, user, password
         )
+
+    def scram_mechanisms(self) -> frozenset[str]:
+        return self._credentials.scram_mechanisms()
+
+    def scram_keys(self, user: str, mechanism: str) -> ScramKeys | None:
+        """Stored keys, read on the reactor thread: a stat, and a re-read of the small file
+        only when it changed; no KDF."""
+        return self._credentials.scram_keys(user, mechanism)
 
 
 class StoreDaemon(MultiService):
@@ -69,12 +82,25 @@ class StoreDaemon(MultiService):
         """Listen on every configured endpoint; ``drain`` fires when accepted writes are durable."""
         self.factory = factory
         self._drain = drain
+        tls = self.settings.tls
+        if tls.enabled and factory.tls_options is None:
+            try:
+                factory.tls_options = server_options(tls)
+            except TlsConfigError as exc:
+                raise SystemExit(f"mupdate: TLS: {exc}") from None
         for description in self.settings.listen:
-            listener = StreamServerEndpointService(
-                serverFromString(self.reactor, description), factory
-            )
-            listener._raiseSynchronously = True  # a port in use stops twistd at once
-            listener.setServiceParent(self)
+            self._listen(description, factory)
+        options = factory.tls_options
+        for description in tls.listen:
+            if description.startswith("ssl:") or options is None:  # brings its own certificate
+                self._listen(description, factory)
+            else:
+                self._listen(description, TLSMemoryBIOFactory(options, False, factory))
+
+    def _listen(self, description: str, factory: Any) -> None:
+        listener = StreamServerEndpointService(serverFromString(self.reactor, description), factory)
+        listener._raiseSynchronously = True  # a port in use stops twistd at once
+        listener.setServiceParent(self)
 
     def startService(self) -> None:
         self.store_pool.start()

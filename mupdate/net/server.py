@@ -7,6 +7,13 @@ slave), which returns responses or a Deferred of them. While a Deferred is outst
 further event is taken (pipelined commands run strictly in order, §2.1) and the transport
 stops reading, so a flooding client cannot grow our input buffer. Output goes through an
 ``OutputQueue`` so stream lines, dumps and replies leave in order and under back-pressure.
+
+TLS (§3.2, §5.2): STARTTLS is offered when the factory holds server options (from
+``mupdate.tls``) and the session is not under TLS yet. After ``OK Begin TLS negotiation
+now`` the engine is PAUSED; the glue starts TLS and tells the engine, and the banner is sent
+again once the handshake is complete (so ``* AUTH`` can list EXTERNAL for a verified client
+certificate). A connection accepted by an implicit-TLS listener is under TLS from the start
+and greets after its handshake.
 """
 
 from __future__ import annotations
@@ -18,11 +25,22 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+    ISSLTransport,
+    ITLSTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mupdate import __version__
 from mupdate.config.settings import ServerSettings
@@ -40,17 +58,39 @@ from mupdate.protocol.commands import (
 from mupdate.protocol.errors import PeerError
 from mupdate.protocol.responses import Bye, Done, Greeting, Response, SaslChallenge, Status
 from mupdate.protocol.server import NEED_DATA, PAUSED, ServerConnection
-from mupdate.sasl import PLAINTEXT_MECHANISMS, Challenge, CheckPassword, server_mechanism
+from mupdate.sasl import (
+    PLAINTEXT_MECHANISMS,
+    Challenge,
+    CheckPassword,
+    ServerMechanism,
+    server_mechanism,
+)
 from mupdate.sasl import Failure as SaslFailure
+from mupdate.sasl.external import ExternalServer
+from mupdate.sasl.scram import (
+    PLUS_MECHANISMS,
+    ScramKeys,
+    ScramLookup,
+    base_mechanism,
+    is_scram,
+    tls_server_end_point,
+)
+from mupdate.sasl.steps import Success
+from mupdate.tls import peer_common_name
 
 #: What a handler answers: response events, and pre-rendered chunks for large dumps.
 Reply = Sequence[Response | Iterator[bytes]]
 
 
 class Authenticator(TypingProtocol):
-    """Checks a password off the reactor thread; the Deferred fires with True or False."""
+    """Checks a password off the reactor thread (the Deferred fires with True or False), and
+    hands out SCRAM stored keys (cheap: no KDF at login)."""
 
     def check(self, user: str, password: bytes) -> Deferred[bool]: ...
+
+    def scram_mechanisms(self) -> frozenset[str]: ...
+
+    def scram_keys(self, user: str, mechanism: str) -> ScramKeys | None: ...
 
 
 class CommandHandler(TypingProtocol):
@@ -95,11 +135,13 @@ class MupdateServerFactory(Factory):
         handler: CommandHandler,
         authenticator: Authenticator,
         clock: IReactorTime,
+        tls_options: IOpenSSLServerConnectionCreator | None = None,
     ) -> None:
         self.settings = settings
         self.handler = handler
         self.authenticator = authenticator
         self.clock = clock
+        self.tls_options = tls_options  # from mupdate.tls.server_options; None: no TLS
         self.sessions: set[MupdateServerProtocol] = set()
         self.counters = ServerCounters()
 
@@ -107,6 +149,7 @@ class MupdateServerFactory(Factory):
         return MupdateServerProtocol(self)
 
 
+@implementer(IHandshakeListener)
 class MupdateServerProtocol(Protocol):
     log = Logger()
 
@@ -114,7 +157,8 @@ class MupdateServerProtocol(Protocol):
         self.factory = factory
         self.settings = factory.settings
         self.engine = ServerConnection(self.settings.limits, read_only=factory.handler.read_only)
-        self.user: str | None = None
+        self.user: str | None = None  # the session's identity: authzid, or else authcid
+        self.authcid: str | None = None  # the credential proven; authority is its (§5.1)
         self.peer = "?"
         self.output: OutputQueue | None = None
         self._busy = False
@@ -124,6 +168,10 @@ class MupdateServerProtocol(Protocol):
         self._abort_call: IDelayedCall | None = None
         self._mechanism: object = None
         self._auth_tag = b""
+        self._greet_after_handshake = False
+        self._final: Success | None = None  # final server data sent, awaiting the empty line
+        self._failed_logins = 0
+        self._login_call: IDelayedCall | None = None
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -147,12 +195,23 @@ class MupdateServerProtocol(Protocol):
         self.factory.sessions.add(self)
         self.factory.counters.connections += 1
         self.log.debug("connection from {peer}", peer=self.peer)
-        self._send(self._greeting())
+        self._new_engine(transport)
+        if self.engine.tls_active:
+            self._greet_after_handshake = True  # implicit TLS: greet once we know the peer
+        else:
+            self._send(self._greeting())
         self._reset_idle()
+        self._login_call = self.factory.clock.callLater(
+            self.settings.login_timeout, self._login_timeout
+        )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if reason is not None and reason.check(SSL.Error):
+            self.log.warn(
+                "TLS with {peer} failed: {reason}", peer=self.peer, reason=reason.getErrorMessage()
+            )
         self._closing = True
-        for call in (self._idle_call, self._abort_call):
+        for call in (self._idle_call, self._abort_call, self._login_call):
             if call is not None and call.active():
                 call.cancel()
         if self in self.factory.sessions:
@@ -298,8 +357,7 @@ class MupdateServerProtocol(Protocol):
                 self._send(Done(event.tag, Status.OK, texts.BYE_BYE))
                 self.close_after_output()
             case Starttls():
-                # TLS arrives with its own issue; until then STARTTLS is not offered (§5.2).
-                self._send(Done(event.tag, Status.BAD, texts.UNRECOGNIZED_COMMAND))
+                self._starttls(event)
             case Compress():
                 self._send(Done(event.tag, Status.NO, texts.COMPRESS_UNAVAILABLE))
             case _:
@@ -325,10 +383,93 @@ class MupdateServerProtocol(Protocol):
         if not self._closing:
             self._pump()
 
+    # -- TLS (§3.2, §5.2) -----------------------------------------------------------------
+
+    def _new_engine(self, transport: object) -> None:
+        """The engine for this connection, knowing whether TLS is possible or already on."""
+        tls_active = ISSLTransport.providedBy(transport)
+        self.engine = ServerConnection(
+            self.settings.limits,
+            read_only=self.factory.handler.read_only,
+            starttls_available=self.factory.tls_options is not None
+            and (tls_active or ITLSTransport.providedBy(transport)),
+            tls_active=tls_active,
+        )
+
+    def _starttls(self, event: Starttls) -> None:
+        transport = self.transport
+        options = self.factory.tls_options
+        assert transport is not None
+        assert options is not None  # the engine refuses STARTTLS without options
+        assert self.output is not None
+        if not self.output.idle:
+            # The OK must leave in clear before the switch; a peer that pipelined STARTTLS
+            # behind unread output cannot be served in order.
+            self._bye(texts.TLS_INIT_ERROR)
+            return
+        transport.write(self.engine.send(Done(event.tag, Status.OK, texts.BEGIN_TLS, quoted=False)))
+        self._greet_after_handshake = True
+        ITLSTransport(transport).startTLS(options)
+        self.engine.tls_started()
+        self.log.debug("TLS negotiation with {peer}", peer=self.peer)
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done: the banner again, without STARTTLS (§3.2)."""
+        if self._closing or not self._greet_after_handshake:
+            return
+        self._greet_after_handshake = False
+        self.log.info(
+            "TLS with {peer} established; client certificate user: {user}",
+            peer=self.peer,
+            user=self.external_identity() or "none",
+        )
+        self._send(self._greeting())
+        self._pump()
+
+    def external_identity(self) -> str | None:
+        """The user a verified client certificate stands for (subject CN, mapped through
+        ``mupdate_external_map``), or None. Only with ``tls_client_ca_*`` set is a presented
+        certificate a verified one."""
+        tls = self.settings.tls
+        if not (tls.verifies_clients and self.engine.tls_active):
+            return None
+        name = peer_common_name(self.transport)
+        return None if name is None else tls.external_user(name)
+
+    def _server_mechanism(self, name: str) -> ServerMechanism | ExternalServer | None:
+        """The mechanism object for an offered name: EXTERNAL is ours (TLS), the rest the
+        SASL registry's."""
+        if name == ExternalServer.name:
+            return ExternalServer(self.external_identity())
+        binding = self.channel_binding()
+        return server_mechanism(name, self._scram_lookup, binding, binding is not None)
+
+    def _external_login(self, step: Success) -> None:
+        """EXTERNAL succeeded: the same admin rule as PLAIN (§5.1), no password to check."""
+        if step.authcid not in self.settings.admins:
+            self._auth_failed(
+                f"certificate user {step.authcid!r} is not an admin",
+                texts.AUTH_FAILED,
+                user=step.authcid,
+            )
+            return
+        self.user = step.authzid or step.authcid
+        self.authcid = step.authcid  # authority follows the certificate's user (SASL part)
+        self._mechanism = None
+        self.engine.authentication_succeeded()
+        self.log.info(
+            "{user} logged in from {peer} with a client certificate", user=self.user, peer=self.peer
+        )
+        self._send(Done(self._auth_tag, Status.OK, texts.AUTHENTICATED))
+
     # -- SASL (§5.1) ----------------------------------------------------------------------
 
     def secure(self) -> bool:
-        """Plaintext passwords are allowed here (TLS arrives with its own issue)."""
+        """Plaintext passwords are allowed here: under TLS, or where the settings allow."""
+        if self.engine.tls_active:
+            return True
+        if self.settings.tls.required:
+            return False
         if self.settings.allow_plaintext:
             return True
         return (
@@ -338,8 +479,19 @@ class MupdateServerProtocol(Protocol):
         )
 
     def offered_mechanisms(self) -> tuple[str, ...]:
+        if self.settings.tls.required and not self.engine.tls_active:
+            return ()  # mupdate_tls_required: nothing at all before TLS
         secure = self.secure()
-        return tuple(m for m in self.settings.mechanisms if secure or m not in PLAINTEXT_MECHANISMS)
+        external = ("EXTERNAL",) if self.external_identity() is not None else ()
+        plus = self.channel_binding() is not None  # -PLUS only where we can bind
+        scram = self.factory.authenticator.scram_mechanisms()  # every user has keys for
+        return external + tuple(
+            m
+            for m in self.settings.mechanisms
+            if (secure or m not in PLAINTEXT_MECHANISMS)
+            and (plus or m not in PLUS_MECHANISMS)
+            and (not is_scram(m) or base_mechanism(m) in scram)
+        )
 
     def _greeting(self) -> Greeting:
         return Greeting(
@@ -348,14 +500,16 @@ class MupdateServerProtocol(Protocol):
             implementation=texts.IMPLEMENTATION,
             version=__version__.encode(),
             role=self.factory.handler.role,
-            starttls=False,
+            starttls=self.factory.tls_options is not None and not self.engine.tls_active,
             compress=False,
         )
 
     def _authenticate(self, event: Authenticate) -> None:
         self._auth_tag = event.tag
         mech_name = event.mechanism.decode("ascii", "replace").upper()
-        mechanism = server_mechanism(mech_name) if mech_name in self.offered_mechanisms() else None
+        mechanism = (  # TLS: EXTERNAL comes from _server_mechanism
+            self._server_mechanism(mech_name) if mech_name in self.offered_mechanisms() else None
+        )
         if mechanism is None:
             self._auth_failed(
                 f"mechanism {mech_name!r} not offered", texts.AUTH_MECHANISM_UNAVAILABLE
@@ -372,10 +526,18 @@ class MupdateServerProtocol(Protocol):
         self._sasl_step(mechanism.start(initial))
 
     def _sasl_response(self, event: SaslResponse) -> None:
+        final, self._final = self._final, None
         if event.line == b"*":
             self._mechanism = None
             self.engine.authentication_failed()
             self._send(Done(self._auth_tag, Status.NO, texts.CLIENT_CANCELED, quoted=False))
+            return
+        if final is not None:
+            # §5.1: the client acknowledges our final data with an empty line.
+            if event.line:
+                self._auth_failed("no empty line after the final server data", texts.AUTH_FAILED)
+            else:
+                self._logged_in(final.authcid, final.authzid)
             return
         decoded = self._b64(event.line, allow_equals=False)
         mechanism = self._mechanism
@@ -393,7 +555,7 @@ class MupdateServerProtocol(Protocol):
         except (binascii.Error, ValueError):
             return None
 
-    def _sasl_step(self, step: Challenge | CheckPassword | SaslFailure) -> None:
+    def _sasl_step(self, step: Challenge | CheckPassword | SaslFailure | Success) -> None:
         match step:
             case Challenge(data=data):
                 self._send(SaslChallenge(data))
@@ -401,6 +563,10 @@ class MupdateServerProtocol(Protocol):
                 self._auth_failed(reason, texts.AUTH_FAILED)
             case CheckPassword():
                 self._check_password(step)
+            case Success() if isinstance(self._mechanism, ExternalServer):  # TLS: EXTERNAL
+                self._external_login(step)
+            case Success():
+                self._sasl_success(step)
 
     def _check_password(self, step: CheckPassword) -> None:
         if step.authcid not in self.settings.admins:
@@ -418,11 +584,7 @@ class MupdateServerProtocol(Protocol):
                     "wrong password or unknown user", texts.AUTH_FAILED, user=step.authcid
                 )
                 return
-            self.user = step.authzid or step.authcid
-            self._mechanism = None
-            self.engine.authentication_succeeded()
-            self.log.info("{user} logged in from {peer}", user=self.user, peer=self.peer)
-            self._send(Done(self._auth_tag, Status.OK, texts.AUTHENTICATED))
+            self._logged_in(step.authcid, step.authzid)
             self._pump()
 
         def broken(failure: Failure) -> None:
@@ -431,6 +593,74 @@ class MupdateServerProtocol(Protocol):
             self._auth_failed("password check error", texts.AUTH_FAILED, user=step.authcid)
 
         d.addCallbacks(checked, broken)
+
+    # -- SCRAM: stored keys, channel binding, final data ---------------------------------
+
+    def _scram_lookup(self, mechanism: str) -> ScramLookup:
+        """Keys for ``mechanism``, for admins only: anyone else looks like an unknown user
+        (the exchange runs to its end and fails at the proof, revealing nothing)."""
+        authenticator = self.factory.authenticator
+
+        def lookup(user: str) -> ScramKeys | None:
+            if user not in self.settings.admins:
+                return None
+            keys: ScramKeys | None = authenticator.scram_keys(user, mechanism)
+            return keys
+
+        return lookup
+
+    def channel_binding(self) -> bytes | None:
+        """tls-server-end-point data (RFC 5929) for this connection: a hash of our own
+        certificate, or None when not under TLS or the certificate cannot be had."""
+        if not self.engine.tls_active or self.transport is None:
+            return None
+        try:
+            connection = self.transport.getHandle()  # type: ignore[attr-defined]
+            certificate = connection.get_certificate()
+            if certificate is None:
+                return None
+            der = certificate.to_cryptography().public_bytes(Encoding.DER)
+        except Exception:  # no TLS handle here (a test transport, a plain socket)
+            return None
+        return tls_server_end_point(der)
+
+    def _sasl_success(self, step: Success) -> None:
+        """A mechanism proved the credential (SCRAM). Final data goes out as one more bare
+        base64 challenge and the client's empty line completes the login (§5.1)."""
+        if step.authcid not in self.settings.admins:
+            self._auth_failed(
+                f"{step.authcid!r} is not an admin", texts.AUTH_FAILED, user=step.authcid
+            )
+            return
+        if step.data:
+            self._final = step
+            self._send(SaslChallenge(step.data))
+            return
+        self._logged_in(step.authcid, step.authzid)
+
+    def _logged_in(self, authcid: str, authzid: str) -> None:
+        """Tagged OK; the session acts as ``authzid`` (an admin may name another identity,
+        as in Cyrus) but its authority stays that of ``authcid``."""
+        self.authcid = authcid
+        self.user = authzid or authcid
+        mechanism = getattr(self._mechanism, "name", "?")
+        self._mechanism = None
+        if self._login_call is not None and self._login_call.active():
+            self._login_call.cancel()
+        self.engine.authentication_succeeded()
+        self.log.info(
+            "{user} logged in from {peer} as {authcid} with {mechanism}",
+            user=self.user,
+            peer=self.peer,
+            authcid=authcid,
+            mechanism=mechanism,
+        )
+        self._send(Done(self._auth_tag, Status.OK, texts.AUTHENTICATED))
+
+    def _login_timeout(self) -> None:
+        if self.user is None and not self._closing:
+            self.log.info("closing {peer}: not logged in in time", peer=self.peer)
+            self._bye(texts.IDLE_TOO_LONG)
 
     def _auth_failed(self, reason: str, reply: bytes, user: str | None = None) -> None:
         """After ``failedloginpause`` (Cyrus: 3 s), a tagged NO; Cyrus clients read the prefix."""
@@ -451,6 +681,16 @@ class MupdateServerProtocol(Protocol):
                 return
             self.engine.authentication_failed()
             self._send(Done(tag, Status.NO, reply))
+            self._failed_logins += 1
+            if self._failed_logins >= self.settings.auth_attempts_max:
+                self.log.warn(
+                    "closing {peer}: {count} failed logins",
+                    peer=self.peer,
+                    count=self._failed_logins,
+                )
+                self._send(Bye(texts.TOO_MANY_FAILURES))
+                self.close_after_output()
+                return
             self._pump()
 
         self.factory.clock.callLater(self.settings.failed_login_pause, answer)

@@ -234,13 +234,16 @@ class ServerConnection:
         *,
         read_only: bool = False,
         starttls_available: bool = False,
+        tls_active: bool = False,
     ) -> None:
+        """``tls_active``: the connection is under TLS from the first byte (an implicit-TLS
+        listener); STARTTLS then gets "Already did a successful Starttls" (§5.2)."""
         self._limits = limits
         self._read_only = read_only
         self._starttls_available = starttls_available
         self._buffer = ReceiveBuffer(limits, approve_sync=True)
         self._state = S.NOT_AUTHENTICATED
-        self._tls_active = False
+        self._tls_active = tls_active
         self._eof = False
         self._auth_tag = b""
         self._outgoing = bytearray()

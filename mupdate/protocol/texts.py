@@ -44,6 +44,7 @@ IMPLEMENTATION: Final = b"mupdate"  # [ours] the banner's implementation field (
 # §3.4 refused connection (sent with a trailing NUL), §4 idle timeout
 SERVER_UNABLE: Final = b"Server Unable"
 IDLE_TOO_LONG: Final = b"idle for too long"
+TOO_MANY_FAILURES: Final = b"Too many login failures"  # [ours] mupdate_auth_attempts_max
 
 # §5.1 AUTHENTICATE
 AUTHENTICATED: Final = b"Authenticated"

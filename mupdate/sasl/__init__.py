@@ -1,27 +1,53 @@
 """SASL: sans-I/O mechanisms and the credentials they are checked against."""
 
-from mupdate.sasl.credentials import CredentialsError, CredentialsFile, hash_password
+from mupdate.sasl.credentials import (
+    CredentialsError,
+    CredentialsFile,
+    UserCredential,
+    hash_password,
+    make_credential,
+)
 from mupdate.sasl.mechanisms import (
     PLAINTEXT_MECHANISMS,
-    Challenge,
-    CheckPassword,
+    SUPPORTED_MECHANISMS,
     ClientMechanism,
-    Failure,
     ServerMechanism,
     client_mechanism,
     server_mechanism,
 )
+from mupdate.sasl.scram import (
+    PLUS_MECHANISMS,
+    SCRAM_MECHANISMS,
+    ScramClient,
+    ScramKeys,
+    ScramServer,
+    make_keys,
+    tls_server_end_point,
+)
+from mupdate.sasl.steps import Challenge, CheckPassword, Failure, Step, Success
 
 __all__ = [
     "PLAINTEXT_MECHANISMS",
+    "PLUS_MECHANISMS",
+    "SCRAM_MECHANISMS",
+    "SUPPORTED_MECHANISMS",
     "Challenge",
     "CheckPassword",
     "ClientMechanism",
     "CredentialsError",
     "CredentialsFile",
     "Failure",
+    "ScramClient",
+    "ScramKeys",
+    "ScramServer",
     "ServerMechanism",
+    "Step",
+    "Success",
+    "UserCredential",
     "client_mechanism",
     "hash_password",
+    "make_credential",
+    "make_keys",
     "server_mechanism",
+    "tls_server_end_point",
 ]

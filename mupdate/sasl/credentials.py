@@ -1,7 +1,18 @@
-"""The credentials file: user names and salted password hashes, never passwords.
+"""The credentials file: user names and salted verifiers, never passwords.
 
-One line per user, ``user:pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>``. Verifying is
-slow on purpose (PBKDF2); the glue runs it off the reactor thread. A successful check is
+One line per user: the name, then ``:``-separated verifiers, each ``scheme$field$field...``::
+
+    user:pbkdf2-sha256$<iterations>$<salt>$<hash>:scram-sha-1$<iterations>$<salt>$<StoredKey>$<ServerKey>:scram-sha-256$...:scram-sha-512$...
+
+(binary fields in base64, which has neither ``:`` nor ``$``). The PBKDF2 hash serves PLAIN
+and LOGIN; each ``scram-sha-*`` field serves that SCRAM mechanism and its ``-PLUS`` variant
+(RFC 5802 §3: the server keeps StoredKey and ServerKey, from which the password cannot be
+recovered, and a login runs no KDF on the server). Lines written before SCRAM existed carry
+only the PBKDF2 field: they still load, PLAIN and LOGIN work for them, SCRAM does not
+(``mupdate-passwd list`` shows which mechanisms each user has).
+
+Verifying a PLAIN/LOGIN password is slow on purpose (PBKDF2); the glue runs it off the
+reactor thread. A successful check is
 remembered in memory as an HMAC under a per-process key, because every Cyrus backend
 operation opens a new connection and logs in again (§10.1): repeating the KDF each time
 would cap the write rate. No I/O here beyond reading and writing the file itself.
@@ -14,12 +25,17 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from mupdate.sasl.scram import DEFAULT_ITERATIONS as SCRAM_ITERATIONS
+from mupdate.sasl.scram import SCRAM_MECHANISMS, ScramKeys, base_mechanism, make_keys
+
 SCHEME: Final = "pbkdf2-sha256"
 DEFAULT_ITERATIONS: Final = 100_000
+PASSWORD_MECHANISMS: Final = ("PLAIN", "LOGIN")
 
 
 class CredentialsError(ValueError):
@@ -49,15 +65,94 @@ def check_password(password: bytes, encoded: str) -> bool:
     return hmac.compare_digest(expected, actual)
 
 
+@dataclass(frozen=True, slots=True)
+class UserCredential:
+    """One user's verifiers: the PBKDF2 hash (None on a SCRAM-only line) and SCRAM keys by
+    mechanism name (``SCRAM-SHA-256``)."""
+
+    password_hash: str | None
+    scram: dict[str, ScramKeys] = field(default_factory=dict)
+
+    def mechanisms(self) -> tuple[str, ...]:
+        """The mechanisms this credential can log in with (without ``-PLUS`` variants)."""
+        scram = tuple(m for m in SCRAM_MECHANISMS if m in self.scram)
+        return scram + (PASSWORD_MECHANISMS if self.password_hash else ())
+
+
+def _scram_field(mechanism: str, keys: ScramKeys) -> str:
+    b64 = base64.b64encode
+    return "$".join(
+        (
+            mechanism.lower(),
+            str(keys.iterations),
+            b64(keys.salt).decode(),
+            b64(keys.stored_key).decode(),
+            b64(keys.server_key).decode(),
+        )
+    )
+
+
+def make_credential(
+    password: str,
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+    scram_iterations: int = SCRAM_ITERATIONS,
+    mechanisms: Iterable[str] = SCRAM_MECHANISMS,
+) -> str:
+    """Every verifier for ``password``: the PBKDF2 hash, then SCRAM keys per mechanism."""
+    fields = [hash_password(password, iterations=iterations)]
+    for mechanism in mechanisms:
+        name = base_mechanism(mechanism)
+        keys = make_keys(name, password, iterations=scram_iterations)
+        fields.append(_scram_field(name, keys))
+    return ":".join(fields)
+
+
+def decode_credential(encoded: str) -> UserCredential:
+    """Split a line's verifiers; ValueError names what is wrong."""
+    password_hash: str | None = None
+    scram: dict[str, ScramKeys] = {}
+    for part in encoded.split(":"):
+        scheme = part.split("$", 1)[0]
+        if scheme == SCHEME:
+            if password_hash is not None or len(part.split("$")) != 4:
+                raise ValueError(f"expected one '{SCHEME}$<iterations>$<salt>$<hash>'")
+            password_hash = part
+            continue
+        name = scheme.upper()
+        if name not in SCRAM_MECHANISMS:
+            raise ValueError(f"unknown verifier {scheme!r}")
+        fields = part.split("$")
+        if len(fields) != 5 or name in scram:
+            raise ValueError(f"expected one '{scheme}$<iterations>$<salt>$<StoredKey>$<ServerKey>'")
+        try:
+            iterations = int(fields[1])
+            salt, stored, server = (base64.b64decode(f, validate=True) for f in fields[2:])
+        except (ValueError, TypeError):
+            raise ValueError(f"{scheme}: iterations or base64 fields are malformed") from None
+        if iterations < 1 or not salt or not stored or not server:
+            raise ValueError(f"{scheme}: empty field")
+        scram[name] = ScramKeys(salt, iterations, stored, server)
+    if password_hash is None and not scram:
+        raise ValueError("no verifier")
+    return UserCredential(password_hash, scram)
+
+
 def parse_credentials(text: str, source: str) -> dict[str, str]:
+    """User name to its encoded verifiers; every line is decoded once to check it."""
     users: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         user, sep, encoded = line.partition(":")
-        if not sep or not user or not encoded.startswith(SCHEME + "$"):
-            raise CredentialsError(f"{source}:{number}: expected 'user:{SCHEME}$...'")
+        expected = f"{source}:{number}: expected 'user:{SCHEME}$...'"
+        if not sep or not user or not encoded:
+            raise CredentialsError(expected)
+        try:
+            decode_credential(encoded)
+        except ValueError as exc:
+            raise CredentialsError(f"{expected}: {exc}") from None
         users[user] = encoded
     return users
 
@@ -82,10 +177,10 @@ def write_credentials(path: Path, users: dict[str, str]) -> None:
 
 @dataclass
 class CredentialsFile:
-    """Users from a file, reloaded when the file changes (checked on each verify)."""
+    """Users from a file, reloaded when the file changes (checked on each lookup)."""
 
     path: Path
-    _users: dict[str, str] = field(default_factory=dict)
+    _users: dict[str, UserCredential] = field(default_factory=dict)
     _stamp: tuple[int, int, int] | None = None
     _verified: dict[str, bytes] = field(default_factory=dict)
     _key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
@@ -98,7 +193,8 @@ class CredentialsFile:
             return
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # every atomic rewrite is a new inode
         if stamp != self._stamp:
-            self._users = parse_credentials(self.path.read_text(encoding="utf-8"), str(self.path))
+            encoded = parse_credentials(self.path.read_text(encoding="utf-8"), str(self.path))
+            self._users = {user: decode_credential(e) for user, e in encoded.items()}
             self._stamp = stamp
             self._verified = {}
 
@@ -106,17 +202,37 @@ class CredentialsFile:
         self._refresh()
         return sorted(self._users)
 
+    def credential(self, user: str) -> UserCredential | None:
+        self._refresh()
+        return self._users.get(user)
+
+    def scram_mechanisms(self) -> frozenset[str]:
+        """The SCRAM mechanisms every user in the file has keys for. A server offers only
+        these, so a file written before SCRAM keeps its users on PLAIN and LOGIN (a client
+        such as Cyrus's takes the strongest mechanism offered and never falls back) until
+        ``mupdate-passwd add`` has given each of them SCRAM keys."""
+        self._refresh()
+        common = frozenset(SCRAM_MECHANISMS)
+        for credential in self._users.values():
+            common &= credential.scram.keys()
+        return common
+
+    def scram_keys(self, user: str, mechanism: str) -> ScramKeys | None:
+        """The user's stored keys for ``mechanism`` (``-PLUS`` uses the base keys); cheap."""
+        found = self.credential(user)
+        return None if found is None else found.scram.get(base_mechanism(mechanism))
+
     def verify(self, user: str, password: bytes) -> bool:
         """Blocking (PBKDF2) on a cache miss: call from a worker thread."""
         self._refresh()
-        encoded = self._users.get(user)
-        if encoded is None:
+        found = self._users.get(user)
+        if found is None or found.password_hash is None:
             return False
         mark = hmac.new(self._key, user.encode() + b"\0" + password, hashlib.sha256).digest()
         known = self._verified.get(user)
         if known is not None and hmac.compare_digest(known, mark):
             return True
-        if check_password(password, encoded):
+        if check_password(password, found.password_hash):
             self._verified[user] = mark
             return True
         return False

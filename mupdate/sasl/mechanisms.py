@@ -1,37 +1,45 @@
 """SASL mechanisms, sans-I/O, server and client side (protocol doc §5.1; RFC 4616, LOGIN draft).
 
 Every mechanism has one shape: ``start(initial)`` then ``step(response)``, each returning a
-step value. Payloads are raw bytes here; the glue does base64 and the ``*`` cancel. A
-password check is not done inside the mechanism: it returns ``CheckPassword`` and the glue
-runs the (deliberately slow) verifier off the reactor thread. Imports nothing from Twisted.
+step value (``steps.py``). Payloads are raw bytes here; the glue does base64 and the ``*``
+cancel. PLAIN and LOGIN do not check the password themselves: they return ``CheckPassword``
+and the glue runs the (deliberately slow) verifier off the reactor thread. SCRAM
+(``scram.py``) looks its stored keys up through a callable and ends in ``Success`` with the
+final server data. Imports nothing from Twisted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Final, Protocol
 
+from mupdate.sasl.scram import (
+    PLUS_MECHANISMS,
+    SCRAM_MECHANISMS,
+    ScramClient,
+    ScramLookup,
+    ScramServer,
+    is_scram,
+)
+from mupdate.sasl.steps import Challenge, CheckPassword, Failure, Step, Success
 
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class CheckPassword:
-    """The exchange is complete; success depends on this password for ``authcid``."""
-
-    authcid: str
-    authzid: str
-    password: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    reason: str
-
-
-Step = Challenge | CheckPassword | Failure
+__all__ = [
+    "PLAINTEXT_MECHANISMS",
+    "SUPPORTED_MECHANISMS",
+    "Challenge",
+    "CheckPassword",
+    "ClientMechanism",
+    "Failure",
+    "LoginClient",
+    "LoginServer",
+    "PlainClient",
+    "PlainServer",
+    "ServerMechanism",
+    "Step",
+    "Success",
+    "client_mechanism",
+    "server_mechanism",
+]
 
 
 class ServerMechanism(Protocol):
@@ -115,17 +123,36 @@ class LoginServer:
         return CheckPassword(self._user, "", response)
 
 
-SERVER_MECHANISMS: Final[dict[str, type[PlainServer] | type[LoginServer]]] = {
-    "PLAIN": PlainServer,
-    "LOGIN": LoginServer,
-}
-
 PLAINTEXT_MECHANISMS: Final = frozenset({"PLAIN", "LOGIN"})
 
+#: Everything we can offer, strongest first; ``-PLUS`` only where channel binding exists.
+SUPPORTED_MECHANISMS: Final = (*PLUS_MECHANISMS, *SCRAM_MECHANISMS, "PLAIN", "LOGIN")
 
-def server_mechanism(name: str) -> ServerMechanism | None:
-    factory = SERVER_MECHANISMS.get(name.upper())
-    return factory() if factory else None
+
+def server_mechanism(
+    name: str,
+    scram_lookup: Callable[[str], ScramLookup] | None = None,
+    channel_binding: bytes | None = None,
+    plus_offered: bool = False,
+) -> ServerMechanism | None:
+    """A fresh server mechanism, or None for one we do not know (or cannot run here: SCRAM
+    without a key lookup, ``-PLUS`` without channel-binding data). ``scram_lookup`` maps the
+    mechanism name (``SCRAM-SHA-256``, without ``-PLUS``) to a per-user key lookup."""
+    name = name.upper()
+    if name == "PLAIN":
+        return PlainServer()
+    if name == "LOGIN":
+        return LoginServer()
+    if not is_scram(name) or scram_lookup is None:
+        return None
+    if name.endswith("-PLUS") and channel_binding is None:
+        return None
+    return ScramServer(
+        name,
+        scram_lookup(name.removesuffix("-PLUS")),
+        channel_binding=channel_binding,
+        plus_offered=plus_offered,
+    )
 
 
 class ClientMechanism(Protocol):
@@ -165,10 +192,24 @@ class LoginClient:
 
 
 def client_mechanism(
-    offered: tuple[str, ...], authcid: str, password: str, authzid: str = ""
+    offered: tuple[str, ...],
+    authcid: str,
+    password: str,
+    authzid: str = "",
+    channel_binding: bytes | None = None,
 ) -> ClientMechanism | None:
-    """The first mechanism we support, in our order of preference, that the server offers."""
+    """The strongest mechanism we support that the server offers: SCRAM (SHA-512, SHA-256,
+    SHA-1; ``-PLUS`` first when ``channel_binding`` is given), then PLAIN, then LOGIN."""
     available = {m.upper() for m in offered}
+    if channel_binding is not None:
+        for name in PLUS_MECHANISMS:
+            if name in available:
+                return ScramClient(
+                    name, authcid, password, authzid, channel_binding=channel_binding
+                )
+    for name in SCRAM_MECHANISMS:
+        if name in available:
+            return ScramClient(name, authcid, password, authzid)
     for factory in (PlainClient, LoginClient):
         if factory.name in available:
             return factory(authcid, password, authzid)

@@ -2,7 +2,8 @@
 
 Reads the filesystem, never writes it; the one impure helper beside the pure decisions.
 Only Cyrus's "legacy" spool layout with ``hashimapspool: no`` is understood: a mailbox's
-directory is its internal name with ``.`` turned into ``/`` and ``^`` into ``.`` (§11.1),
+directory is its internal name with ``.`` turned into ``/``; a ``^`` (an IMAP dot, §11.1) stays
+``^`` on disk (seen on Cyrus 3.6 with ``mailbox_legacy_dirs: yes``),
 under ``domain/<domain>/`` for a ``domain!name``. Cyrus 3.6's default uuid layout
 (``mailbox_legacy_dirs: no``) hides names behind uniqueids; reading Cyrus's own
 mailboxes.db for that is a later issue, and with that layout ``on_disk`` answers False.
@@ -21,7 +22,7 @@ from typing import Final
 
 HEADER: Final = "cyrus.header"
 
-_LEGACY: Final = bytes.maketrans(b".^", b"/.")
+_LEGACY: Final = bytes.maketrans(b".", b"/")
 
 
 def _parts(text: bytes, what: str) -> list[str]:
@@ -34,7 +35,7 @@ def _parts(text: bytes, what: str) -> list[str]:
 
 
 def header_path(partition: Path, name: bytes) -> Path:
-    """``<partition>/[domain/<domain>/]<name, '.' -> '/', '^' -> '.'>/cyrus.header``.
+    """``<partition>/[domain/<domain>/]<name, '.' -> '/'>/cyrus.header`` ('^' kept).
 
     Raises ``ValueError`` for a name whose path would not stay inside ``partition``.
     """

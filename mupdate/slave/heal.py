@@ -22,6 +22,8 @@ from mupdate.config.settings import SlaveSettings
 from mupdate.logs import text
 from mupdate.model import MailboxEntry
 from mupdate.net.client import CommandFailed, MupdateClientProtocol
+from mupdate.net.login import secure_then_login
+from mupdate.net.server import is_loopback
 from mupdate.protocol.commands import Activate, Find, Reserve
 from mupdate.protocol.responses import MailboxLine, ReserveLine
 
@@ -75,9 +77,15 @@ class Healer:
         protocol = MupdateClientProtocol(self.clock)
         await connectProtocol(self.endpoint, protocol)
         try:
-            await protocol.greeted
-            await protocol.authenticate(
-                self.settings.authname, self.settings.password, self.settings.username
+            assert protocol.transport is not None
+            await secure_then_login(  # the uplink's TLS and plaintext policy
+                protocol,
+                self.settings.client_tls,
+                self.settings.master_address[0],
+                is_loopback(protocol.transport.getPeer()),
+                self.settings.authname,
+                self.settings.password,
+                self.settings.username,
             )
             for entry in entries:
                 await self._announce(protocol, entry)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -35,6 +36,7 @@ from mupdate.slave.heal import Healer
 from mupdate.slave.replica import Replica
 from mupdate.slave.service import SlaveHandler
 from mupdate.slave.uplink import Uplink
+from mupdate.tls import TlsConfigError, client_options
 
 RELEASE_FILE = "mupdate-brake-release"
 
@@ -129,7 +131,14 @@ class SlaveService(StoreDaemon):
             self.replica.committer.barrier,
         )
         host, port = settings.master_address
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=max(10, int(settings.retry_delay)))
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, host, port, timeout=max(10, int(settings.retry_delay))
+        )
+        if settings.client_tls.implicit:  # mupdate_server: host:port/tls (§3.3 point 4)
+            try:
+                endpoint = wrapClientTLS(client_options(settings.client_tls, host), endpoint)
+            except TlsConfigError as exc:
+                raise SystemExit(f"mupdate-slave: TLS: {exc}") from None
         self.healer = Healer(settings, endpoint, reactor, on_disk) if settings.healing else None
         self.uplink = Uplink(
             settings, self.replica, endpoint, reactor, self.healer, self.handler.mark_ready

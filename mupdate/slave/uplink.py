@@ -26,6 +26,8 @@ from twisted.python.failure import Failure
 
 from mupdate.config.settings import SlaveSettings
 from mupdate.net.client import ConnectionClosed, MupdateClientProtocol
+from mupdate.net.login import secure_then_login
+from mupdate.net.server import is_loopback
 from mupdate.slave.heal import Healer
 from mupdate.slave.replica import BrakeHeld, Replica, StreamLine
 
@@ -126,10 +128,18 @@ class Uplink:
 
     async def _session(self, protocol: MupdateClientProtocol) -> None:
         master = self.settings.mupdate_server
-        await self._bounded(protocol.greeted, self.login_timeout)
+        host, _ = self.settings.master_address
+        assert protocol.transport is not None
         mechanism = await self._bounded(
-            protocol.authenticate(
-                self.settings.authname, self.settings.password, self.settings.username
+            # STARTTLS and plaintext policy (mupdate_starttls, §3.3), then AUTHENTICATE
+            secure_then_login(
+                protocol,
+                self.settings.client_tls,
+                host,
+                is_loopback(protocol.transport.getPeer()),
+                self.settings.authname,
+                self.settings.password,
+                self.settings.username,
             ),
             self.login_timeout,
         )
@@ -137,7 +147,7 @@ class Uplink:
             "logged in to master {server} as {user} with {state}",
             server=master,
             user=self.settings.authname,
-            state=mechanism,
+            state=mechanism + (" over TLS" if protocol.tls_active else ""),
         )
         # A session whose connection died while its resync was committing may still be
         # finishing when the next one starts: one resync at a time, or the later one's

@@ -5,6 +5,12 @@ The same settings as the slave's link to its master, from flags, an imapd.conf-s
 ``mupdate_username``, ``mupdate_password`` / ``mupdate_password_file``), or both (flags
 win). The password never has to be on the command line: ``--password-file``,
 ``--password-env VAR``, the config file, or a prompt on a terminal.
+
+TLS as the slave does it (``mupdate.net.login``): STARTTLS when offered (``--starttls`` or
+``mupdate_starttls: required`` makes it mandatory), ``--tls`` or ``mupdate_server HOST:PORT/tls``
+for implicit TLS, the server certificate verified against ``--ca-file``/``tls_server_ca_file``
+(else the system store) and the host name unless ``--no-verify``/``mupdate_tls_verify: no``;
+``--cert``/``--key`` present a client certificate (EXTERNAL when the server offers it).
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import argparse
 import getpass
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 
 from mupdate.config import ConfigFileError, parse_imapd_conf
 from mupdate.config.settings import DEFAULT_PORT, last_values
+from mupdate.config.tls_settings import ClientTls, TlsSettingsError, client_tls
 from mupdate.net.client import MupdateClientProtocol, ServerInfo
 
 #: Exit codes every tool shares (README "Operator tools").
@@ -47,6 +55,7 @@ class Target:
     password: str
     authzid: str = ""
     timeout: float = 15.0
+    tls: ClientTls = field(default_factory=ClientTls)
 
     @property
     def address(self) -> str:
@@ -72,6 +81,27 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--timeout", type=float, default=15.0, help="seconds for connect and login (default 15)"
+    )
+    tls = parser.add_argument_group("TLS (default: STARTTLS when offered, certificate verified)")
+    tls.add_argument(
+        "--starttls",
+        action="store_true",
+        help="require STARTTLS: refuse to log in if the server does not offer it",
+    )
+    tls.add_argument("--tls", action="store_true", help="implicit TLS from the first byte")
+    tls.add_argument("--no-tls", action="store_true", help="never STARTTLS (mupdate_starttls: off)")
+    tls.add_argument("--ca-file", help="CA file for the server certificate (tls_server_ca_file)")
+    tls.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not verify the server certificate or host name (mupdate_tls_verify: no)",
+    )
+    tls.add_argument("--cert", help="client certificate (tls_client_cert)")
+    tls.add_argument("--key", help="client certificate's key (tls_client_key)")
+    tls.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="allow PLAIN/LOGIN without TLS to a remote server (allowplaintext: yes)",
     )
 
 
@@ -100,14 +130,16 @@ def _first_line(path: str) -> str:
 
 def resolve_target(args: argparse.Namespace, *, prompt: bool = True) -> Target:
     values: dict[str, str] = {}
+    tls = ClientTls()
     if args.config:
         try:
             text = Path(args.config).read_text(encoding="utf-8")
-            values = {
-                k: r.value for k, r in last_values(parse_imapd_conf(text, args.config)).items()
-            }
+            records = last_values(parse_imapd_conf(text, args.config))
+            values = {k: r.value for k, r in records.items()}
+            tls = client_tls(records)
         except (OSError, ConfigFileError, ValueError) as exc:
             raise ToolError(f"cannot use --config {args.config}: {exc}", EXIT_USAGE) from None
+    tls = _tls_flags(args, tls)
     try:
         default_port = args.port or int(values.get("mupdate_port", DEFAULT_PORT))
         host, port = split_server(
@@ -136,8 +168,45 @@ def resolve_target(args: argparse.Namespace, *, prompt: bool = True) -> Target:
             EXIT_USAGE,
         )
     return Target(
-        host, port, user, password, args.authz or values.get("mupdate_username", ""), args.timeout
+        host,
+        port,
+        user,
+        password,
+        args.authz or values.get("mupdate_username", ""),
+        args.timeout,
+        tls,
     )
+
+
+def _tls_flags(args: argparse.Namespace, tls: ClientTls) -> ClientTls:
+    """Flags over the config file's TLS settings (TlsSettingsError is a ValueError)."""
+
+    def get(name: str) -> Any:  # tools built without the TLS group have no such flags
+        return getattr(args, name, None)
+
+    if sum(bool(get(f)) for f in ("starttls", "tls", "no_tls")) > 1:
+        raise ToolError("--starttls, --tls and --no-tls exclude each other", EXIT_USAGE)
+    if bool(get("cert")) != bool(get("key")):
+        raise ToolError("--cert and --key go together", EXIT_USAGE)
+    changes: dict[str, object] = {}
+    if get("starttls"):
+        changes["starttls"] = "required"
+    if get("no_tls"):
+        changes.update(starttls="off", implicit=False)
+    if get("tls") or (get("server") and "/tls" in get("server").lower()):
+        changes["implicit"] = True
+    if get("ca_file"):
+        changes["ca_file"] = Path(get("ca_file"))
+    if get("no_verify"):
+        changes["verify"] = False
+    if get("cert"):
+        changes.update(cert=Path(get("cert")), key=Path(get("key")))
+    if get("allow_plaintext"):
+        changes["allow_plaintext"] = True
+    try:
+        return replace(tls, **changes)  # type: ignore[arg-type]  # checked above
+    except TlsSettingsError as exc:
+        raise ToolError(str(exc), EXIT_USAGE) from None
 
 
 async def open_session(reactor: object, target: Target) -> tuple[MupdateClientProtocol, ServerInfo]:
@@ -145,17 +214,38 @@ async def open_session(reactor: object, target: Target) -> tuple[MupdateClientPr
     from twisted.internet.error import ConnectError, ConnectionLost
     from twisted.internet.error import TimeoutError as TxTimeout
 
-    from mupdate.net.client import AuthenticationFailed, MupdateError
+    from mupdate.net.client import AuthenticationFailed, MupdateError, TlsFailed
+    from mupdate.net.login import TlsRequired, secure_then_login
+    from mupdate.net.server import is_loopback
+    from mupdate.tls import TlsConfigError, client_options
 
     protocol = MupdateClientProtocol(reactor)  # type: ignore[arg-type]
-    endpoint = HostnameEndpoint(reactor, target.host, target.port, timeout=int(target.timeout) or 1)
+    endpoint: Any = HostnameEndpoint(
+        reactor, target.host, target.port, timeout=int(target.timeout) or 1
+    )
     try:
+        if target.tls.implicit:
+            endpoint = wrapClientTLS(client_options(target.tls, target.host), endpoint)
         await connectProtocol(endpoint, protocol).addTimeout(target.timeout, reactor)
-        info = await protocol.greeted.addTimeout(target.timeout, reactor)  # type: ignore[arg-type]
-        await protocol.authenticate(target.authname, target.password, target.authzid).addTimeout(
-            target.timeout,
-            reactor,  # type: ignore[arg-type]
+        assert protocol.transport is not None
+        login = secure_then_login(
+            protocol,
+            target.tls,
+            target.host,
+            is_loopback(protocol.transport.getPeer()),
+            target.authname,
+            target.password,
+            target.authzid,
         )
+        await login.addTimeout(target.timeout, reactor)  # type: ignore[arg-type]
+        assert protocol.info is not None
+        info = protocol.info  # the banner under TLS when TLS was started
+    except TlsConfigError as exc:
+        protocol.close()
+        raise ToolError(f"TLS: {exc}", EXIT_USAGE) from None
+    except (TlsRequired, TlsFailed) as exc:
+        protocol.close()
+        raise ToolError(f"{target.address}: {exc}", EXIT_CONNECTION) from None
     except AuthenticationFailed as exc:
         protocol.close()
         raise ToolError(

@@ -1,9 +1,11 @@
 """``mupdate-passwd``: manage the credentials file of a master or slave.
 
-``mupdate-passwd --file PATH add USER`` adds or replaces USER; the password is read from
-stdin when stdin is not a terminal (first line, without its newline), otherwise prompted
-for twice. ``del USER`` and ``list`` complete the set. Passwords never go on the command
-line and are never printed.
+``mupdate-passwd --file PATH add USER`` adds or replaces USER with every verifier (a PBKDF2
+hash for PLAIN and LOGIN, SCRAM keys for SCRAM-SHA-1, -256 and -512); the password is read
+from stdin when stdin is not a terminal (first line, without its newline), otherwise prompted
+for twice. ``del USER`` removes one; ``list`` prints each user with the mechanisms it can log
+in with (a line written before SCRAM existed shows only PLAIN LOGIN: ``add`` it again).
+Passwords never go on the command line and are never printed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import TextIO
 
 from mupdate.sasl.credentials import (
     CredentialsError,
-    hash_password,
+    decode_credential,
+    make_credential,
     parse_credentials,
     write_credentials,
 )
@@ -55,7 +58,7 @@ def main(
     add.add_argument("user")
     delete = sub.add_parser("del", help="remove a user")
     delete.add_argument("user")
-    sub.add_parser("list", help="list user names")
+    sub.add_parser("list", help="list users and the mechanisms each can log in with")
     args = parser.parse_args(argv)
     try:
         users = _load(args.file)
@@ -64,7 +67,8 @@ def main(
         return 1
     if args.action == "list":
         for user in sorted(users):
-            print(user, file=stdout)
+            mechanisms = decode_credential(users[user]).mechanisms()
+            print(user, *mechanisms, file=stdout)
         return 0
     user = args.user
     if (
@@ -85,7 +89,7 @@ def main(
             print(f"mupdate-passwd: no user {args.user!r} in {args.file}", file=sys.stderr)
             return 1
     else:
-        users[args.user] = hash_password(read_password(stdin))
+        users[args.user] = make_credential(read_password(stdin))
     args.file.parent.mkdir(parents=True, exist_ok=True)
     write_credentials(args.file, users)
     return 0

@@ -62,7 +62,9 @@ def test_import_is_one_batch_and_is_streamed(tmp_path):
 def test_bad_import_changes_nothing(tmp_path):
     store = InMemoryStore([A])
     rig = MasterRig(tmp_path, store=store)
-    transport = send(rig, b'IMPORT\n{"format": "mupdate-export", "version": 1, "entries": [{"name": ""}]}')
+    transport = send(
+        rig, b'IMPORT\n{"format": "mupdate-export", "version": 1, "entries": [{"name": ""}]}'
+    )
     assert transport.value().startswith(b"NO import refused, nothing changed: ")
     assert store.entries == {b"user.a": A}
     assert send(rig, b"DROP\n").value() == b"NO unknown request; expected IMPORT\n"

@@ -23,10 +23,11 @@ def rig(tmp_path):
 # -- greeting (§3.1, case 1-2) ----------------------------------------------------------
 
 
-def test_greeting_on_loopback_offers_plain_and_login(rig):
+def test_greeting_on_loopback_offers_scram_plain_and_login(rig):
     greeting = rig.connect().take()
     lines = greeting.split(b"\r\n")
-    assert lines[0] == b'* AUTH "PLAIN" "LOGIN"'
+    # Strongest first; no -PLUS without TLS (no channel binding to offer).
+    assert lines[0] == b'* AUTH "SCRAM-SHA-512" "SCRAM-SHA-256" "SCRAM-SHA-1" "PLAIN" "LOGIN"'
     assert lines[1] == b"* PARTIAL-UPDATE"
     assert lines[2].startswith(b'* OK MUPDATE "master.test" ')
     assert lines[2].endswith(b' "(master)"')
@@ -34,17 +35,27 @@ def test_greeting_on_loopback_offers_plain_and_login(rig):
 
 
 def test_greeting_off_loopback_hides_plaintext_mechanisms(rig):
-    assert rig.connect("192.0.2.7").take().startswith(b"* AUTH\r\n* PARTIAL-UPDATE\r\n")
+    assert (
+        rig.connect("192.0.2.7")
+        .take()
+        .startswith(b'* AUTH "SCRAM-SHA-512" "SCRAM-SHA-256" "SCRAM-SHA-1"\r\n* PARTIAL-UPDATE\r\n')
+    )
 
 
 def test_allowplaintext_offers_plain_off_loopback(tmp_path):
     rig = MasterRig(tmp_path, allow_plaintext=True, loopback_plaintext=False)
-    assert rig.connect("192.0.2.7").take().startswith(b'* AUTH "PLAIN" "LOGIN"\r\n')
+    assert (
+        rig.connect("192.0.2.7")
+        .take()
+        .startswith(b'* AUTH "SCRAM-SHA-512" "SCRAM-SHA-256" "SCRAM-SHA-1" "PLAIN" "LOGIN"\r\n')
+    )
 
 
 def test_loopback_plaintext_can_be_switched_off(tmp_path):
     rig = MasterRig(tmp_path, loopback_plaintext=False)
-    assert rig.connect().take().startswith(b"* AUTH\r\n")
+    assert (
+        rig.connect().take().startswith(b'* AUTH "SCRAM-SHA-512" "SCRAM-SHA-256" "SCRAM-SHA-1"\r\n')
+    )
 
 
 # -- AUTHENTICATE (§5.1, cases 28-35) ----------------------------------------------------

@@ -139,8 +139,7 @@ def test_stream_that_stops_reading_is_closed_with_bye(tmp_path):
 
 
 def test_idle_connection_gets_bye(rig):
-    conn = rig.connect()
-    conn.take()
+    conn = rig.login()  # before login, mupdate_login_timeout applies (test_sasl_scram.py)
     rig.clock.advance(rig.settings.idle_timeout - 1)
     assert not conn.closed
     conn.send(b"Q NOOP\r\n")  # any input resets the timer

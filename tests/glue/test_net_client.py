@@ -605,7 +605,7 @@ class Pair:
         return failure_of(d, kind)
 
     def login(self) -> Pair:
-        assert self.run(self.client.authenticate(ADMIN, PASSWORD)) == "PLAIN"
+        assert self.run(self.client.authenticate(ADMIN, PASSWORD)) == "SCRAM-SHA-512"
         return self
 
 
@@ -617,7 +617,7 @@ def rig(tmp_path):
 def test_master_banner_and_login(rig):
     pair = Pair(rig)
     info = result_of(pair.client.greeted)
-    assert info.mechanisms == ("PLAIN", "LOGIN")
+    assert info.mechanisms == ("SCRAM-SHA-512", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN")
     assert info.ready.parts[:2] == (b"MUPDATE", b"master.test")
     pair.login()
     assert pair.server.user == ADMIN

@@ -23,7 +23,8 @@ from mupdate.config.settings import MasterSettings
 from mupdate.db.index import MailboxIndex
 from mupdate.master.service import MasterHandler
 from mupdate.net.server import MupdateServerFactory, MupdateServerProtocol
-from mupdate.sasl.credentials import CredentialsFile, hash_password, write_credentials
+from mupdate.sasl.credentials import CredentialsFile, make_credential, write_credentials
+from mupdate.sasl.scram import ScramKeys
 from tests.helpers.memstore import InMemoryStore
 
 ADMIN = "admin"
@@ -61,11 +62,22 @@ class SyncChecker:
     def check(self, user: str, password: bytes) -> Deferred[bool]:
         return succeed(self.credentials.verify(user, password))
 
+    def scram_mechanisms(self) -> frozenset[str]:
+        return self.credentials.scram_mechanisms()
+
+    def scram_keys(self, user: str, mechanism: str) -> ScramKeys | None:
+        return self.credentials.scram_keys(user, mechanism)
+
+
+def fast_credential(password: str) -> str:
+    """Every verifier, with cheap iteration counts (SCRAM's minimum is 4096)."""
+    return make_credential(password, iterations=1000, scram_iterations=4096)
+
 
 def write_test_credentials(directory: Path, users: dict[str, str] | None = None) -> Path:
     path = directory / "credentials"
     users = users or {ADMIN: PASSWORD, "joe": "joepass"}
-    write_credentials(path, {u: hash_password(p, iterations=1000) for u, p in users.items()})
+    write_credentials(path, {u: fast_credential(p) for u, p in users.items()})
     return path
 
 
@@ -92,7 +104,12 @@ class MasterRig:
         self.settings = replace(base, **settings)
         index = MailboxIndex(self.store.load_entries(), self.store.load_tombstones())
         self.handler = MasterHandler(
-            index, self.store, runner, self.clock, self.settings.tombstone_window
+            index,
+            self.store,
+            runner,
+            self.clock,
+            self.settings.tombstone_window,
+            authority=self.settings.authority,
         )
         checker = SyncChecker(CredentialsFile(self.settings.credentials_path))
         self.factory = MupdateServerFactory(self.settings, self.handler, checker, self.clock)

@@ -183,7 +183,10 @@ def test_defaults_without_a_file() -> None:
     assert DEFAULT_PORT == 3905
     assert settings.allow_plaintext is False
     assert settings.loopback_plaintext is True
-    assert settings.mechanisms == DEFAULT_MECHANISMS == ("PLAIN", "LOGIN")
+    assert settings.mechanisms == DEFAULT_MECHANISMS
+    assert DEFAULT_MECHANISMS[-2:] == ("PLAIN", "LOGIN")
+    assert (settings.auth_attempts_max, settings.login_timeout) == (3, 60.0)
+    assert settings.authority == {}
     assert settings.failed_login_pause == 3.0
     assert settings.connections_max == 128
     assert settings.idle_timeout == 10800.0
@@ -225,7 +228,7 @@ def test_keys_are_case_insensitive() -> None:
 def test_unknown_keys_are_ignored() -> None:
     text = (
         "partition-default: /var/spool/imap\nsasl_pwcheck_method: saslauthd\n"
-        "tls_server_cert: /x\nmupdate_retry_delay: nonsense\n"
+        "tls_session_timeout: x\nmupdate_retry_delay: nonsense\n"
     )
     assert settings_from(text) == MasterSettings(servername=HOST, configdirectory=DATA)
 
@@ -254,7 +257,47 @@ def test_mechanism_list_is_upper_cased() -> None:
 
 def test_unsupported_mechanism_is_refused() -> None:
     assert error_of("sasl_mech_list: PLAIN cram-md5 GSSAPI") == (
-        "m.conf:1: sasl_mech_list: unsupported mechanism(s) CRAM-MD5 GSSAPI; supported: PLAIN LOGIN"
+        "m.conf:1: sasl_mech_list: unsupported mechanism(s) CRAM-MD5 GSSAPI; supported: "
+        "SCRAM-SHA-512-PLUS SCRAM-SHA-256-PLUS SCRAM-SHA-1-PLUS SCRAM-SHA-512 SCRAM-SHA-256 "
+        "SCRAM-SHA-1 PLAIN LOGIN"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("be1=be1", {"be1": frozenset({"be1"})}),
+        ("be1=BE1,be1b  tool=READONLY", {"be1": frozenset({"be1", "be1b"}), "tool": frozenset()}),
+        ("", {}),
+    ],
+)
+def test_authority_syntax(text: str, expected: dict[str, frozenset[str]]) -> None:
+    assert settings_from(f"mupdate_authority: {text}").authority == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("be1", "expected USER=SERVER[,SERVER...] or USER=readonly, got 'be1'"),
+        ("be1=", "expected USER=SERVER[,SERVER...] or USER=readonly, got 'be1='"),
+        ("=be1", "expected USER=SERVER[,SERVER...] or USER=readonly, got '=be1'"),
+        ("be1=a,,b", "expected USER=SERVER[,SERVER...] or USER=readonly, got 'be1=a,,b'"),
+        ("be1=a be1=b", "be1 is bound twice"),
+        ("be1=a,readonly", "be1: readonly stands alone"),
+    ],
+)
+def test_authority_errors(text: str, reason: str) -> None:
+    assert error_of(f"mupdate_authority: {text}") == f"m.conf:1: mupdate_authority: {reason}"
+
+
+def test_abuse_limits() -> None:
+    settings = settings_from("mupdate_auth_attempts_max: 1\nmupdate_login_timeout: 1m")
+    assert (settings.auth_attempts_max, settings.login_timeout) == (1, 60.0)
+    assert error_of("mupdate_auth_attempts_max: 0") == (
+        "m.conf:1: mupdate_auth_attempts_max: must be at least 1, got 0"
+    )
+    assert error_of("mupdate_login_timeout: 0") == (
+        "m.conf:1: mupdate_login_timeout: must be above 0"
     )
 
 
@@ -349,8 +392,30 @@ SAMPLE_KEYS: dict[str, tuple[Getter, object, str, object]] = {
     ),
     "allowplaintext": (lambda s: s.allow_plaintext, False, "yes", True),
     "mupdate_loopback_plaintext": (lambda s: s.loopback_plaintext, True, "no", False),
-    "sasl_mech_list": (lambda s: s.mechanisms, ("PLAIN", "LOGIN"), "LOGIN", ("LOGIN",)),
+    "sasl_mech_list": (
+        lambda s: s.mechanisms,
+        (
+            "SCRAM-SHA-512-PLUS",
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-1-PLUS",
+            "SCRAM-SHA-512",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-1",
+            "PLAIN",
+            "LOGIN",
+        ),
+        "LOGIN",
+        ("LOGIN",),
+    ),
     "failedloginpause": (lambda s: s.failed_login_pause, 3.0, "10s", 10.0),
+    "mupdate_auth_attempts_max": (lambda s: s.auth_attempts_max, 3, "5", 5),
+    "mupdate_login_timeout": (lambda s: s.login_timeout, 60.0, "2m", 120.0),
+    "mupdate_authority": (
+        lambda s: s.authority,
+        {},
+        "be1=be1,BE1b ro=readonly",
+        {"be1": frozenset({"be1", "be1b"}), "ro": frozenset()},
+    ),
     "mupdate_connections_max": (lambda s: s.connections_max, 128, "7", 7),
     "mupdate_idle_timeout": (lambda s: s.idle_timeout, 10800.0, "5m", 300.0),
     "mupdate_stream_buffer_max": (lambda s: s.stream_buffer_max, 16 * 1024**2, "1K", 1024),
@@ -359,6 +424,13 @@ SAMPLE_KEYS: dict[str, tuple[Getter, object, str, object]] = {
     "mupdate_max_command": (lambda s: s.limits.max_command, 1024**2, "9K", 9216),
     "mupdate_max_args": (lambda s: s.limits.max_args, 40, "9", 9),
     "mupdate_tombstone_window": (lambda s: s.tombstone_window, 86400.0, "2h", 7200.0),
+    "tls_client_certs": (lambda s: s.tls.client_certs, "optional", "require", "require"),
+    "tls_versions": (
+        lambda s: s.tls.versions,
+        ("tls1_2", "tls1_3"),
+        "tls1_3",
+        ("tls1_3",),
+    ),
 }
 # Read only to refuse a unified master; not a field of the settings.
 SAMPLE_CHECK_ONLY = {"mupdate_config"}
@@ -423,20 +495,22 @@ def test_sample_values_are_the_defaults_where_it_says_so() -> None:
     assert settings.credentials_path == defaults.credentials_path
 
 
-# The functions of settings.py that build MasterSettings (slave_settings has its own keys).
+# The functions of settings.py that build MasterSettings (slave_settings has its own keys),
+# and of tls_settings.py the one that server_fields calls (client_tls is the slave's).
 MASTER_FUNCTIONS = ("_limits", "server_fields", "master_settings")
+TLS_SOURCE = SETTINGS_SOURCE.with_name("tls_settings.py")
+TLS_FUNCTIONS = ("server_tls",)
 
 
 def keys_read_by_settings() -> set[str]:
     """Every config key the master's settings functions look up: ``"k" in values``,
     ``values["k"]``, ``values.get("k")`` and the ``("mupdate_...", attr)`` limits table."""
-    tree = ast.parse(SETTINGS_SOURCE.read_text(encoding="utf-8"))
-    functions = [
-        node
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef) and node.name in MASTER_FUNCTIONS
-    ]
-    assert sorted(f.name for f in functions) == sorted(MASTER_FUNCTIONS)
+    functions = []
+    for source, names in ((SETTINGS_SOURCE, MASTER_FUNCTIONS), (TLS_SOURCE, TLS_FUNCTIONS)):
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+        assert sorted(f.name for f in found) == sorted(names)
+        functions += found
     keys: set[str] = set()
     for node in (n for function in functions for n in ast.walk(function)):
         if (

@@ -106,7 +106,9 @@ def test_parse_malformed_line_names_file_and_line(line: str) -> None:
     text = f"# header\nbob:{fast('b')}\n{line}\n"
     with pytest.raises(CredentialsError) as info:
         parse_credentials(text, "/etc/mupdate/credentials")
-    assert str(info.value) == ("/etc/mupdate/credentials:3: expected 'user:pbkdf2-sha256$...'")
+    assert str(info.value).startswith(
+        "/etc/mupdate/credentials:3: expected 'user:pbkdf2-sha256$...'"
+    )
 
 
 def test_render_is_sorted_with_a_header() -> None:
@@ -247,3 +249,67 @@ def test_malformed_file_raises_naming_file_and_line(tmp_path: Path) -> None:
 
 def test_credentials_error_is_a_value_error() -> None:
     assert issubclass(CredentialsError, ValueError)
+
+
+# --- verifiers: PBKDF2 and SCRAM on one line ---------------------------------------------
+
+
+def test_new_lines_carry_every_verifier_and_old_lines_still_load(tmp_path: Path) -> None:
+    from mupdate.sasl.credentials import decode_credential, make_credential
+    from mupdate.sasl.scram import make_keys
+
+    new = make_credential("pw", iterations=FAST)
+    fields = new.split(":")
+    assert [f.split("$")[0] for f in fields] == [
+        "pbkdf2-sha256",
+        "scram-sha-512",
+        "scram-sha-256",
+        "scram-sha-1",
+    ]
+    decoded = decode_credential(new)
+    assert decoded.mechanisms() == (
+        "SCRAM-SHA-512",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+        "LOGIN",
+    )
+    keys = decoded.scram["SCRAM-SHA-256"]
+    assert keys == make_keys("SCRAM-SHA-256", "pw", salt=keys.salt)
+    assert decode_credential(fast("pw")).mechanisms() == ("PLAIN", "LOGIN")
+    scram_only = ":".join(fields[1:])
+    assert decode_credential(scram_only).mechanisms() == (
+        "SCRAM-SHA-512",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+    )
+
+    path = tmp_path / "credentials"
+    write_credentials(path, {"new": new, "old": fast("old"), "scram": scram_only})
+    creds = CredentialsFile(path)
+    assert creds.verify("new", b"pw") is True
+    assert creds.verify("old", b"old") is True
+    assert creds.verify("scram", b"pw") is False  # no PBKDF2 hash: no PLAIN
+    assert creds.scram_keys("new", "SCRAM-SHA-1-PLUS") == decoded.scram["SCRAM-SHA-1"]
+    assert creds.scram_keys("old", "SCRAM-SHA-1") is None
+    assert creds.scram_keys("nobody", "SCRAM-SHA-1") is None
+    assert creds.scram_mechanisms() == frozenset()  # "old" has none
+    write_credentials(path, {"new": new, "scram": scram_only})
+    assert creds.scram_mechanisms() == {"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+
+
+@pytest.mark.parametrize(
+    ("encoded", "reason"),
+    [
+        ("scram-sha-256$4096$c2FsdA==$AAAA", "expected one 'scram-sha-256$<iterations>"),
+        ("scram-sha-256$x$c2FsdA==$AAAA$AAAA", "iterations or base64 fields are malformed"),
+        ("scram-sha-256$4096$!!$AAAA$AAAA", "iterations or base64 fields are malformed"),
+        ("scram-sha-3$4096$c2FsdA==$AAAA$AAAA", "unknown verifier 'scram-sha-3'"),
+        ("pbkdf2-sha256$1$c2FsdA==", "expected one 'pbkdf2-sha256$"),
+    ],
+)
+def test_malformed_verifiers_are_named(encoded: str, reason: str) -> None:
+    with pytest.raises(CredentialsError) as info:
+        parse_credentials(f"alice:{encoded}\n", "creds")
+    assert reason in str(info.value)
+    assert str(info.value).startswith("creds:1: ")

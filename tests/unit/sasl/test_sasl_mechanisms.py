@@ -6,7 +6,7 @@ import pytest
 
 from mupdate.sasl.mechanisms import (
     PLAINTEXT_MECHANISMS,
-    SERVER_MECHANISMS,
+    SUPPORTED_MECHANISMS,
     Challenge,
     CheckPassword,
     ClientMechanism,
@@ -162,7 +162,16 @@ def test_server_mechanism_is_fresh_each_time() -> None:
 
 
 def test_mechanism_sets() -> None:
-    assert set(SERVER_MECHANISMS) == {"PLAIN", "LOGIN"}
+    assert SUPPORTED_MECHANISMS == (
+        "SCRAM-SHA-512-PLUS",
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-512",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+        "LOGIN",
+    )
     assert frozenset({"PLAIN", "LOGIN"}) == PLAINTEXT_MECHANISMS
 
 
@@ -195,7 +204,11 @@ def test_login_client_answers_by_prompt() -> None:
     [
         (("PLAIN", "LOGIN"), "PLAIN"),
         (("LOGIN", "PLAIN"), "PLAIN"),
-        (("SCRAM-SHA-1", "login"), "LOGIN"),
+        (("SCRAM-SHA-1", "login"), "SCRAM-SHA-1"),
+        (("PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"), "SCRAM-SHA-256"),
+        (("scram-sha-512", "SCRAM-SHA-256", "PLAIN"), "SCRAM-SHA-512"),
+        (("SCRAM-SHA-256-PLUS", "LOGIN"), "LOGIN"),  # no channel binding: no -PLUS
+        (("SCRAM-SHA3-512", "DIGEST-MD5", "LOGIN"), "LOGIN"),
         (("plain",), "PLAIN"),
         (("DIGEST-MD5", "CRAM-MD5"), None),
         ((), None),

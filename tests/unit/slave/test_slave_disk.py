@@ -20,18 +20,18 @@ P = Path("/var/spool/cyrus/mail")
     [
         (b"user.alice", "user/alice/cyrus.header"),
         (b"user.carol.Sent", "user/carol/Sent/cyrus.header"),
-        (b"user.carol.a^b", "user/carol/a.b/cyrus.header"),
+        (b"user.carol.a^b", "user/carol/a^b/cyrus.header"),  # as Cyrus 3.6 lays it out
         (b"user.carol.with space", "user/carol/with space/cyrus.header"),
         (b"user.carol.&AOk-t&AOk-", "user/carol/&AOk-t&AOk-/cyrus.header"),
         (b"user.carol.a-b", "user/carol/a-b/cyrus.header"),
         (b"news.list", "news/list/cyrus.header"),
         (b"DELETED.user.carol.Sent.6B038279", "DELETED/user/carol/Sent/6B038279/cyrus.header"),
         (b"example.com!user.alice", "domain/example.com/user/alice/cyrus.header"),
-        (b"example.com!user.alice.a^b", "domain/example.com/user/alice/a.b/cyrus.header"),
+        (b"example.com!user.alice.a^b", "domain/example.com/user/alice/a^b/cyrus.header"),
         (b"example.com!shared", "domain/example.com/shared/cyrus.header"),
-        (b"user.a^^b", "user/a..b/cyrus.header"),  # '..' inside a part is a plain name
-        (b"user.^^^", "user/.../cyrus.header"),
-        (b"user.^x", "user/.x/cyrus.header"),
+        (b"user.a^^b", "user/a^^b/cyrus.header"),
+        (b"user.^^", "user/^^/cyrus.header"),  # '^' never becomes '.': no '..' from a name
+        (b"user.^x", "user/^x/cyrus.header"),
     ],
 )
 def test_header_path_legacy_layout(name: bytes, path: str) -> None:
@@ -53,17 +53,12 @@ def test_header_path_keeps_8bit_bytes() -> None:
         b".user",
         b"user.",
         b"user..alice",
-        b"user.^",  # '.'
-        b"user.^^",  # '..'
-        b"^^.^^.etc",  # '../../etc'
-        b"^^",
         b"!user.alice",  # empty domain
         b".!user.alice",
         b"..!user.alice",
         b"a/b!user.alice",
         b"a\0!user.alice",
         b"example.com!",
-        b"example.com!^^.^^.^^.etc",
         b"example.com!user..x",
     ],
 )
@@ -82,7 +77,7 @@ def make_header(partition: Path, relative: str) -> None:
 def spool(tmp_path: Path) -> tuple[Path, Path]:
     p1, p2 = tmp_path / "p1", tmp_path / "p2"
     make_header(p1, "user/alice")
-    make_header(p1, "user/carol/a.b")
+    make_header(p1, "user/carol/a^b")
     make_header(p2, "domain/example.com/user/bob")
     (p1 / "user" / "nohdr").mkdir(parents=True)
     (p1 / "user" / "dirhdr" / "cyrus.header").mkdir(parents=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mupdate.sasl.credentials import CredentialsFile, hash_password, write_credentials
+from mupdate.sasl.scram import make_keys
 from mupdate.tools.passwd import main, read_password
 
 HEADER = "# mupdate credentials: user:salted hash (written by mupdate-passwd)\n"
@@ -37,7 +38,25 @@ def test_add_creates_a_private_file_without_the_password(
     creds = CredentialsFile(path)
     assert creds.verify("alice", b"s3cret") is True
     assert creds.verify("alice", b"s3cret\n") is False
+    for mechanism in ("SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        assert f":{mechanism.lower()}$4096$" in text
+        keys = creds.scram_keys("alice", mechanism)
+        assert keys == make_keys(mechanism, "s3cret", salt=keys.salt) if keys else False
     assert capsys.readouterr() == ("", "")
+    assert run(path, "list") == (
+        0,
+        "alice SCRAM-SHA-512 SCRAM-SHA-256 SCRAM-SHA-1 PLAIN LOGIN\n",
+    )
+
+
+def test_list_shows_which_users_lack_scram_keys(tmp_path: Path) -> None:
+    path = tmp_path / "credentials"
+    write_credentials(path, {"old": hash_password("a", iterations=1000)})
+    assert run(path, "add", "new", stdin="pw\n") == (0, "")
+    assert run(path, "list") == (
+        0,
+        "new SCRAM-SHA-512 SCRAM-SHA-256 SCRAM-SHA-1 PLAIN LOGIN\nold PLAIN LOGIN\n",
+    )
 
 
 def test_add_creates_missing_directories(tmp_path: Path) -> None:
@@ -84,14 +103,14 @@ def test_read_password_from_a_pipe() -> None:
     assert read_password(io.StringIO("pw\nrest")) == "pw"
 
 
-def test_list_is_sorted_names_only(tmp_path: Path) -> None:
+def test_list_is_sorted_names_with_their_mechanisms(tmp_path: Path) -> None:
     path = tmp_path / "credentials"
     write_credentials(
         path,
         {"bob": hash_password("b", iterations=1000), "alice": hash_password("a", iterations=1000)},
     )
     before = path.read_bytes()
-    assert run(path, "list") == (0, "alice\nbob\n")
+    assert run(path, "list") == (0, "alice PLAIN LOGIN\nbob PLAIN LOGIN\n")
     assert path.read_bytes() == before
 
 
@@ -163,7 +182,8 @@ def test_malformed_file_is_reported_with_file_and_line(
     for args in (("list",), ("add", "bob"), ("del", "alice")):
         assert run(path, *args, stdin="pw\n") == (1, "")
         assert capsys.readouterr().err == (
-            f"mupdate-passwd: {path}:2: expected 'user:pbkdf2-sha256$...'\n"
+            f"mupdate-passwd: {path}:2: expected 'user:pbkdf2-sha256$...': "
+            "unknown verifier 'clear-text'\n"
         )
     assert path.read_text(encoding="utf-8") == "# c\nalice:clear-text\n"
 

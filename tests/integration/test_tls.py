@@ -1,0 +1,147 @@
+"""TLS over real sockets on 127.0.0.1: our master and slave as twistd processes, our tools'
+connection code in this process (issue 4: handshake, bad certificates refused, STARTTLS
+stripping refused, implicit TLS, PLAIN withheld before TLS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from mupdate.config.tls_settings import ClientTls
+from mupdate.tools.connect import EXIT_CONNECTION, Target, ToolError, open_session
+from tests.helpers.certs import Pki, session_pki  # noqa: F401 - fixture
+from tests.helpers.cyrus import PortAllocator, wait_until
+from tests.helpers.ourmaster import OurMaster
+from tests.helpers.ourslave import OurSlave
+from tests.helpers.rawmupdate import MupdateClient
+
+
+@pytest.fixture
+def reactor() -> Any:
+    from twisted.internet import reactor as installed  # the one pytest-twisted installed
+
+    return installed
+
+
+def tls_master(tmp_path, pki: Pki, pair=None, **extra: str) -> OurMaster:
+    pair = pair or pki.server
+    config = {"tls_server_cert": str(pair.cert), "tls_server_key": str(pair.key), **extra}
+    master = OurMaster(tmp_path / "master", servername="m1", extra_config=config)
+    master.start()
+    return master
+
+
+@pytest.fixture
+def pki(session_pki: Pki) -> Pki:  # noqa: F811 - the imported fixture
+    return session_pki
+
+
+def target(master: OurMaster, **tls: Any) -> Target:
+    return Target(master.host, master.port, "admin", "secret", timeout=10, tls=ClientTls(**tls))
+
+
+# -- our tools' client --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_logs_in_over_starttls_with_verification(reactor, tmp_path, pki):
+    master = tls_master(tmp_path, pki)
+    try:
+        client, info = await open_session(reactor, target(master, ca_file=pki.ca))
+        assert client.tls_active
+        assert b"STARTTLS" not in info.capabilities  # the banner re-sent under TLS
+        await client.logout()
+    finally:
+        master.stop()
+
+
+@pytest.mark.parametrize("which", ["expired", "wrong_host"])
+@pytest_twisted.ensureDeferred
+async def test_client_refuses_bad_certificates(reactor, tmp_path, pki, which):
+    master = tls_master(tmp_path, pki, getattr(pki, which))
+    try:
+        with pytest.raises(ToolError) as info:
+            await open_session(reactor, target(master, ca_file=pki.ca))
+        assert info.value.code == EXIT_CONNECTION
+        assert "TLS" in str(info.value)
+    finally:
+        master.stop()
+    assert "failed login" not in master.log_tail(200)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_requiring_starttls_refuses_a_master_without_it(reactor, tmp_path):
+    master = OurMaster(tmp_path / "master", servername="m1")  # offers no STARTTLS
+    master.start()
+    try:
+        with pytest.raises(ToolError) as info:
+            await open_session(reactor, target(master, starttls="required"))
+        assert "does not offer STARTTLS" in str(info.value)
+    finally:
+        master.stop()
+    assert "logged in" not in master.log_tail(200)
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_tls_listener(reactor, tmp_path, pki):
+    port = PortAllocator()()
+    master = tls_master(tmp_path, pki, mupdate_tls_listen=f"tcp:{port}:interface=127.0.0.1")
+    try:
+        tgt = target(master, ca_file=pki.ca, implicit=True)
+        tgt = Target(tgt.host, port, tgt.authname, tgt.password, timeout=10, tls=tgt.tls)
+        client, info = await open_session(reactor, tgt)
+        assert client.tls_active
+        assert not client.engine.tls_active
+        assert b"STARTTLS" not in info.capabilities
+        await client.logout()
+    finally:
+        master.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_withheld_in_clear_when_loopback_plaintext_is_off(reactor, tmp_path):
+    master = OurMaster(
+        tmp_path / "master", servername="m1", extra_config={"sasl_mech_list": "PLAIN"}
+    )
+    master.start()
+    try:
+        with pytest.raises(ToolError) as info:
+            await open_session(reactor, target(master, starttls="off", loopback_plaintext=False))
+        assert "not sending the password in clear" in str(info.value)
+    finally:
+        master.stop()
+    assert "failed login" not in master.log_tail(200)
+
+
+# -- our slave following our master ------------------------------------------------------
+
+
+def test_slave_syncs_from_master_over_starttls_with_verification(tmp_path, pki):
+    master = tls_master(tmp_path, pki, sasl_mech_list="PLAIN", allowplaintext="no")
+    with MupdateClient.connect(master.host, master.port) as c:
+        c.authenticate_plain("admin", "secret")  # on loopback, in clear
+        assert c.command(b"ACTIVATE", "user.tls", "be1!default", "").ok
+    slave = OurSlave(
+        tmp_path / "slave",
+        master_address=master.address,
+        servername="fe1",
+        retry_delay=1,
+        extra_config={
+            "mupdate_starttls": "required",
+            "tls_server_ca_file": str(pki.ca),
+            "mupdate_loopback_plaintext": "no",
+            "mupdate_retry_max": "3",
+        },
+    )
+    try:
+        slave.start()
+        with MupdateClient.connect(slave.host, slave.port) as reader:
+            reader.authenticate_plain("admin", "secret")
+            wait_until(lambda: reader.find("user.tls") is not None, 15, "user.tls on the slave")
+        assert "with PLAIN over TLS" in slave.log_tail(200)
+    finally:
+        slave.stop()
+        master.stop()

@@ -1,0 +1,614 @@
+"""``mupdate-client`` as a subprocess (``python -m mupdate.tools.client``) against our real
+master and slave (twistd subprocesses): every subcommand, text columns and JSON checked
+field by field, exit codes, password sources, and ``raw`` driven through a pseudo-terminal.
+
+Every wait is bounded: reads from the tool's pipes go through ``select`` with a deadline,
+processes are waited on with a timeout; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cyrus import PortAllocator, repo_root, wait_until
+from tests.helpers.ourmaster import OurMaster, _env, our_master_available
+from tests.helpers.ourslave import OurSlave, our_slave_available
+from tests.helpers.rawmupdate import Entry, MupdateClient
+
+PASSWORD_VAR = "MUPDATE_CLIENT_TEST_PASSWORD"
+ODD_NAME = b"user.\xe9t\xe9"  # Latin-1, not UTF-8
+ODD_LOCATION = b"be1!\xff"
+ALICE_ACL = "alice\tlrswipkxtecdan\tanyone\tlrs\t"
+DATA: list[tuple[bytes, ...]] = [
+    (b"ACTIVATE", b"user.alice", b"be1!default", ALICE_ACL.encode()),
+    (b"RESERVE", b"user.bob", b"be2!p"),
+    (b"ACTIVATE", ODD_NAME, ODD_LOCATION, b""),
+    (b"ACTIVATE", b"user.with space", b"be10!x", b"carol\tlr\t"),
+]
+
+_WHY_NOT = our_master_available()
+pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def login(node: OurMaster) -> MupdateClient:
+    c = MupdateClient.connect(node.host, node.port, timeout=20)
+    c.authenticate_plain(node.admin, node.password)
+    return c
+
+
+def write(node: OurMaster, *commands: tuple[bytes, ...]) -> None:
+    with login(node) as c:
+        for verb, *args in commands:
+            result = c.command(verb, *args)
+            assert result.ok, result.raw
+
+
+def listing(node: OurMaster) -> list[Entry]:
+    with login(node) as c:
+        return c.list()
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    env = _env(repo_root())
+    env.pop(PASSWORD_VAR, None)
+    env.update(extra)
+    return env
+
+
+def argv(node: OurMaster | None, *args: str, password: bool = True) -> list[str]:
+    connection = [] if node is None else ["--server", node.address, "--user", node.admin]
+    secret = ["--password-env", PASSWORD_VAR] if password else []
+    return [sys.executable, "-m", "mupdate.tools.client", *connection, *secret, *args]
+
+
+def run_tool(
+    node: OurMaster | None, *args: str, password: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(
+        argv(node, *args, password=password),
+        cwd=repo_root(),
+        env=env if env is not None else tool_env(**{PASSWORD_VAR: "secret"}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in p.stderr, p.stderr
+    assert "Traceback" not in p.stdout, p.stdout
+    return p
+
+
+def one_error_line(p: subprocess.CompletedProcess[str]) -> str:
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("mupdate-client: "), p.stderr
+    return lines[0]
+
+
+def columns(lines: list[str]) -> list[tuple[str, str, str, str]]:
+    """Rows of an aligned table, cut at the header's column starts."""
+    header = lines[0]
+    starts = [0, header.index("STATE"), header.index("LOCATION"), header.index("ACL")]
+    assert header.split() == ["NAME", "STATE", "LOCATION", "ACL"]
+    rows = []
+    for line in lines[1:]:
+        cells = [line[a:b].rstrip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        assert all(line[s - 2 : s] == "  " for s in starts[1:]), line  # two spaces apart
+        rows.append((cells[0], cells[1], cells[2], cells[3]))
+    return rows
+
+
+def b64(value: bytes) -> dict[str, str]:
+    return {"base64": base64.b64encode(value).decode()}
+
+
+class LineReader:
+    """Bounded line reads from a child's pipe (select + os.read, no sleeps)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.buffer = b""
+        self.seen: list[str] = []
+
+    def line(self, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"no line within {timeout}s; got {self.seen}")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise AssertionError(f"end of output; got {self.seen} + {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        self.seen.append(line.decode())
+        return self.seen[-1]
+
+    def until(self, predicate, timeout: float = 20.0) -> str:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.line(max(0.01, deadline - time.monotonic()))
+            if predicate(line):
+                return line
+
+
+def start_watch(node: OurMaster, *args: str) -> tuple[subprocess.Popen[bytes], LineReader]:
+    proc = subprocess.Popen(
+        argv(node, "watch", *args),
+        cwd=repo_root(),
+        env=tool_env(**{PASSWORD_VAR: "secret"}),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return proc, LineReader(proc)
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert b"Traceback" not in err, err
+    return proc.returncode, out.decode(), err.decode()
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OurMaster]:
+    m = OurMaster(tmp_path_factory.mktemp("client-master"), servername="m1")
+    m.start()
+    try:
+        write(m, *DATA)
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture(scope="module")
+def slave(master: OurMaster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OurSlave]:
+    why = our_slave_available()
+    if why:
+        pytest.skip(why)
+    s = OurSlave(
+        tmp_path_factory.mktemp("client-slave"),
+        master_address=master.address,
+        servername="fe1",
+        retry_delay=1,
+        extra_config={"mupdate_retry_max": "3"},
+    )
+    s.start()
+    try:
+        expected = listing(master)
+        wait_until(lambda: listing(s) == expected, 30, "the slave's copy of the master")
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def fresh_master(tmp_path: Path) -> Iterator[OurMaster]:
+    """A master of its own for tests that write."""
+    m = OurMaster(tmp_path / "master", servername="m2")
+    m.start()
+    try:
+        write(m, *DATA)
+        yield m
+    finally:
+        m.stop()
+
+
+# ---------------------------------------------------------------- find
+
+
+def test_find_prints_one_row_per_name_and_exits_1_when_one_is_missing(master):
+    p = run_tool(master, "find", "user.alice", "user.nobody", "user.bob")
+    assert p.returncode == 1
+    assert columns(p.stdout.splitlines()) == [
+        ("user.alice", "MAILBOX", "be1!default", "alice lrswipkxtecdan anyone lrs"),
+        ("user.nobody", "MISSING", "-", "-"),
+        ("user.bob", "RESERVE", "be2!p", "-"),
+    ]
+    assert one_error_line(p) == "mupdate-client: 1 of 3 name(s) not found"
+
+
+def test_find_all_found_exits_0_and_json_is_exact(master):
+    p = run_tool(master, "--json", "find", "user.bob", os.fsdecode(ODD_NAME))
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    assert [json.loads(line) for line in p.stdout.splitlines()] == [
+        {"kind": "reserve", "name": "user.bob", "location": "be2!p", "acl": None},
+        {"kind": "mailbox", "name": b64(ODD_NAME), "location": b64(ODD_LOCATION), "acl": ""},
+    ]
+
+
+def test_find_json_reports_missing_names(master):
+    p = run_tool(master, "find", "--json", "user.nobody")
+    assert p.returncode == 1
+    assert json.loads(p.stdout) == {
+        "kind": "missing",
+        "name": "user.nobody",
+        "location": None,
+        "acl": None,
+    }
+
+
+# ---------------------------------------------------------------- list
+
+
+def expected_rows(entries: list[Entry]) -> list[tuple[str, str, str, str]]:
+    shown = {
+        b"user.alice": ("user.alice", "MAILBOX", "be1!default", "alice lrswipkxtecdan anyone lrs"),
+        b"user.bob": ("user.bob", "RESERVE", "be2!p", "-"),
+        ODD_NAME: ("user.\\xe9t\\xe9", "MAILBOX", "be1!\\xff", '""'),
+        b"user.with space": ("user.with space", "MAILBOX", "be10!x", "carol lr"),
+    }
+    return [shown[e.name] for e in entries]
+
+
+def test_list_text_columns_in_the_servers_order(master):
+    p = run_tool(master, "list")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    assert columns(p.stdout.splitlines()) == expected_rows(listing(master))
+
+
+def test_list_json_field_by_field(master):
+    p = run_tool(master, "list", "--json")
+    assert p.returncode == 0, p.stderr
+    records = [json.loads(line) for line in p.stdout.splitlines()]
+    by_name = {json.dumps(r["name"]): r for r in records}
+    assert len(records) == len(DATA) == len(by_name)
+    assert by_name['"user.alice"'] == {
+        "kind": "mailbox",
+        "name": "user.alice",
+        "location": "be1!default",
+        "acl": ALICE_ACL,
+    }
+    assert by_name['"user.bob"'] == {
+        "kind": "reserve",
+        "name": "user.bob",
+        "location": "be2!p",
+        "acl": None,
+    }
+    assert by_name[json.dumps(b64(ODD_NAME))] == {
+        "kind": "mailbox",
+        "name": b64(ODD_NAME),
+        "location": b64(ODD_LOCATION),
+        "acl": "",
+    }
+    assert by_name['"user.with space"']["acl"] == "carol\tlr\t"
+    order = [e.name for e in listing(master)]
+    decoded = [
+        base64.b64decode(r["name"]["base64"]) if isinstance(r["name"], dict) else r["name"].encode()
+        for r in records
+    ]
+    assert decoded == order
+
+
+def test_list_prefix_is_a_location_prefix(master):
+    p = run_tool(master, "--json", "list", "be1")
+    assert p.returncode == 0, p.stderr
+    names = sorted(json.dumps(json.loads(line)["name"]) for line in p.stdout.splitlines())
+    assert names == sorted(['"user.alice"', json.dumps(b64(ODD_NAME)), '"user.with space"'])
+
+
+def test_list_of_an_empty_prefix_match_prints_nothing(master):
+    p = run_tool(master, "list", "nosuchserver")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+
+
+def test_list_on_the_slave_shows_the_masters_entries(master, slave):
+    p = run_tool(slave, "list")
+    assert p.returncode == 0, p.stderr
+    assert columns(p.stdout.splitlines()) == expected_rows(listing(master))
+
+
+# ---------------------------------------------------------------- status
+
+
+def status_fields(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def test_status_of_the_master(master):
+    p = run_tool(master, "status")
+    assert p.returncode == 0, p.stderr
+    fields = status_fields(p.stdout)
+    assert fields["server"] == master.address
+    assert fields["servername"] == "m1"
+    assert fields["implementation"] == "mupdate"
+    assert fields["role"] == "master"
+    assert "PARTIAL-UPDATE" in fields["capabilities"]
+    assert "PLAIN" in fields["mechanisms"].split()
+    assert fields["entries"] == "4 (3 active, 1 reserved)"
+    assert fields["  be1"] == "2 (2 active, 0 reserved)"
+    assert fields["  be10"] == "1 (1 active, 0 reserved)"
+    assert fields["  be2"] == "1 (0 active, 1 reserved)"
+    assert fields["noop"].endswith(" ms")
+    assert float(fields["noop"].split()[0]) >= 0
+
+
+def test_status_json_of_the_slave_names_its_master(master, slave):
+    p = run_tool(slave, "status", "--json")
+    assert p.returncode == 0, p.stderr
+    (line,) = p.stdout.splitlines()
+    record = json.loads(line)
+    assert record["kind"] == "status"
+    assert record["servername"] == "fe1"
+    assert (record["role"], record["master"]) == ("slave", master.address)
+    assert record["entries"] == {
+        "total": 4,
+        "active": 3,
+        "reserved": 1,
+        "servers": [
+            {"server": "be1", "active": 2, "reserved": 0},
+            {"server": "be10", "active": 1, "reserved": 0},
+            {"server": "be2", "active": 0, "reserved": 1},
+        ],
+    }
+    assert isinstance(record["noop_ms"], float | int)
+    text = run_tool(slave, "status")
+    assert status_fields(text.stdout)["role"] == f"slave of {master.address}"
+
+
+# ---------------------------------------------------------------- watch
+
+
+def test_watch_prints_the_dump_then_changes_until_count(fresh_master):
+    proc, reader = start_watch(fresh_master, "--json", "--count", "2")
+    try:
+        dump = [json.loads(reader.line()) for _ in DATA]
+        assert {r["change"] for r in dump} == {None}
+        assert {
+            "kind": "reserve",
+            "name": "user.bob",
+            "location": "be2!p",
+            "acl": None,
+            "change": None,
+        } in dump
+        write(
+            fresh_master,
+            (b"ACTIVATE", b"user.w1", b"be3!p", b"w\tlrs\t"),
+            (b"DELETE", b"user.w1"),
+        )
+        changes = [json.loads(reader.line()) for _ in range(2)]
+    finally:
+        code, rest, err = finish(proc)
+    assert changes == [
+        {
+            "kind": "mailbox",
+            "name": "user.w1",
+            "location": "be3!p",
+            "acl": "w\tlrs\t",
+            "change": "mailbox",
+        },
+        {"kind": "delete", "name": "user.w1", "location": None, "acl": None, "change": "delete"},
+    ]
+    assert (code, rest, err) == (0, "", "")
+
+
+def test_watch_text_with_hosts_sees_only_their_changes(fresh_master):
+    proc, reader = start_watch(fresh_master, "--count", "1", "be2")
+    try:
+        header = reader.line()
+        assert header.split() == ["NAME", "STATE", "LOCATION", "ACL"]
+        assert columns([header, reader.line()]) == [("user.bob", "RESERVE", "be2!p", "-")]
+        write(
+            fresh_master,
+            (b"RESERVE", b"user.elsewhere", b"be1!p"),
+            (b"RESERVE", b"user.here", b"be2!q"),
+        )
+        change = reader.line()
+    finally:
+        code, rest, err = finish(proc)
+    # changes keep the dump's column widths; a longer cell pushes the rest right
+    assert change.split() == ["user.here", "RESERVE", "be2!q", "-"]
+    assert (code, rest, err) == (0, "", "")
+
+
+def test_watch_ends_cleanly_on_sigint(master):
+    proc, reader = start_watch(master, "--changes-only")
+    try:
+        assert reader.line().split() == ["NAME", "STATE", "LOCATION", "ACL"]
+        proc.send_signal(signal.SIGINT)
+    finally:
+        code, rest, err = finish(proc)
+    assert (code, rest, err) == (0, "", "")
+
+
+def test_watch_seconds_bounds_the_watch(master):
+    started = time.monotonic()
+    p = run_tool(master, "watch", "--json", "--seconds", "0.5")
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.splitlines()) == len(DATA)
+    assert time.monotonic() - started < 30
+
+
+def test_watch_keepalive_noops_do_not_disturb_the_stream(master):
+    p = run_tool(master, "watch", "--json", "--keepalive", "0.1", "--seconds", "1")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    assert len(p.stdout.splitlines()) == len(DATA)
+
+
+def test_watch_refused_by_the_server_exits_3(master):
+    p = run_tool(master, "watch", *(f"be{i}" for i in range(31)))  # 31 hosts: BAD (§5.8)
+    assert p.returncode == 3
+    assert one_error_line(p) == f"mupdate-client: {master.address} answered BAD Extra arguments"
+
+
+# ---------------------------------------------------------------- passwords, failures
+
+
+def test_password_from_a_file(master, tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("secret\n")
+    p = run_tool(master, "--password-file", str(secret), "find", "user.bob", password=False)
+    assert p.returncode == 0, p.stderr
+    assert columns(p.stdout.splitlines()) == [("user.bob", "RESERVE", "be2!p", "-")]
+
+
+def test_password_from_the_environment(master):
+    p = run_tool(master, "find", "user.bob", env=tool_env(**{PASSWORD_VAR: "secret"}))
+    assert p.returncode == 0, p.stderr
+
+
+def test_no_password_source_and_no_terminal_is_a_usage_error(master):
+    p = run_tool(master, "list", password=False, env=tool_env())
+    assert p.returncode == 2
+    assert one_error_line(p).startswith("mupdate-client: no password")
+    assert p.stdout == ""
+
+
+def test_unset_password_variable_is_a_usage_error(master):
+    p = run_tool(master, "list", env=tool_env())
+    assert p.returncode == 2
+    assert PASSWORD_VAR in one_error_line(p)
+
+
+def test_unreachable_server_exits_4_with_one_line():
+    port = PortAllocator()()  # nothing listens there
+    p = run_tool(
+        None,
+        "--server",
+        f"127.0.0.1:{port}",
+        "--user",
+        "admin",
+        "--password-env",
+        PASSWORD_VAR,
+        "list",
+        password=False,
+    )
+    assert p.returncode == 4
+    assert one_error_line(p).startswith(
+        f"mupdate-client: cannot reach a MUPDATE server at 127.0.0.1:{port}"
+    )
+    assert p.stdout == ""
+
+
+def test_wrong_password_exits_5(master):
+    p = run_tool(master, "list", env=tool_env(**{PASSWORD_VAR: "wrong"}))
+    assert p.returncode == 5
+    assert one_error_line(p).startswith(
+        f"mupdate-client: login to {master.address} as admin refused"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["bogus"],
+        ["find"],
+        ["watch", "--count", "x"],
+        ["watch", "--count", "-1"],
+        ["watch", "--seconds", "0"],
+        ["watch", ""],
+        ["--port", "x", "list"],
+        ["list", "a", "b"],
+    ],
+)
+def test_bad_arguments_exit_2(master, args):
+    p = run_tool(master, *args)
+    assert p.returncode == 2
+    line = one_error_line(p)
+    assert line.endswith("--help' for usage)"), line
+    assert p.stdout == ""
+
+
+def test_bad_server_port_is_a_usage_error():
+    p = run_tool(None, "--server", "127.0.0.1:notaport", "--user", "admin", "list")
+    assert p.returncode == 2
+    assert one_error_line(p) == "mupdate-client: the server's port must be a number"
+
+
+# ---------------------------------------------------------------- raw
+
+
+def test_raw_from_piped_stdin_logs_out_at_the_end(master):
+    p = subprocess.run(
+        argv(master, "raw"),
+        cwd=repo_root(),
+        env=tool_env(**{PASSWORD_VAR: "secret"}),
+        input='FIND "user.with space"\nt7 noop\nSTARTTLS\nRESERVE user.bob "be2!p"\n',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    # stdin is read while answers come in: each kind of line is in order, and every
+    # answer comes after its command
+    assert [line for line in lines if line.startswith("C: ")] == [
+        'C: X0 FIND "user.with space"',
+        "C: t7 NOOP",
+        'C: X1 RESERVE "user.bob" "be2!p"',
+        "C: X2 LOGOUT",
+    ]
+    assert [line for line in lines if line.startswith("S: ")] == [
+        'S: X0 MAILBOX "user.with space" "be10!x" "carol\\tlr\\t"',
+        'S: X0 OK "Search completed"',
+        'S: t7 OK "Noop done"',
+        'S: X1 OK "done"',
+        'S: X2 OK "bye-bye"',
+    ]
+    assert len(lines) == 9
+    for tag in ("X0", "t7", "X1", "X2"):
+        sent = next(i for i, line in enumerate(lines) if line.startswith(f"C: {tag} "))
+        assert all(i > sent for i, line in enumerate(lines) if line.startswith(f"S: {tag} "))
+    assert one_error_line(p) == (
+        "mupdate-client: STARTTLS changes the connection's mode; not in raw mode"
+    )
+
+
+def test_raw_through_a_pseudo_terminal(master):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(
+        argv(master, "raw")[0],
+        argv(master, "raw")[1:],
+        cwd=str(repo_root()),
+        env=tool_env(**{PASSWORD_VAR: "secret"}),
+        timeout=20,
+        encoding="utf-8",
+    )
+    try:
+        child.expect_exact("type commands")
+        child.sendline("LIST be2")
+        child.expect_exact('C: X0 LIST "be2"')
+        child.expect_exact('S: X0 RESERVE "user.bob" "be2!p"')
+        child.expect_exact('S: X0 OK "list complete"')
+        child.sendline("LOGOUT")
+        child.expect_exact("C: X1 LOGOUT")
+        child.expect_exact('S: X1 OK "bye-bye"')
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    assert "Traceback" not in (child.before or "")
