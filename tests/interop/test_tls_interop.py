@@ -3,7 +3,7 @@
 Topology (this module only; our master always, whatever MUPDATE_INTEROP_MASTER says):
 
     be1 (Cyrus backend)     --tap-be1--> our master (certificate from the test CA,
-    fe1 (Cyrus frontend)    --tap-fe1--> mupdate_tls_required: yes, sasl_mech_list: PLAIN)
+    fe1 (Cyrus frontend)    --tap-fe1--> mupdate_tls_required: yes, default mechanisms)
     cm  (Cyrus master, --tls)  <--tap-cm-- our slave (STARTTLS, mupdate_tls_verify: no)
 
 A Cyrus client starts TLS only when nothing it can use is offered in clear (§3.3 point 2):
@@ -78,7 +78,6 @@ def topo(murder: CyrusMurder, master_kind: str) -> Iterator[Topology]:
             "mupdate_tls_required": "yes",
             "allowplaintext": "no",
             "mupdate_loopback_plaintext": "no",
-            "sasl_mech_list": "PLAIN",
         },
     )
     master.start()
@@ -110,6 +109,8 @@ def test_cyrus_backend_starttls_then_create_reaches_our_master(topo: Topology) -
     assert "<S S01 OK Begin TLS negotiation now" in lines
     # No AUTHENTICATE in clear: after the OK only TLS records pass the tap.
     assert not any(line.startswith("C> A01 AUTHENTICATE") for line in lines)
+    # Under TLS, a default Cyrus 3.6 client took the strongest mechanism we offer.
+    assert "with SCRAM-SHA-512" in topo.master.log_path.read_text(), topo.master.log_tail()
 
 
 def test_cyrus_frontend_slave_syncs_from_our_master_over_tls(topo: Topology) -> None:
