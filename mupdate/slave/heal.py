@@ -23,7 +23,7 @@ from mupdate.logs import text
 from mupdate.model import MailboxEntry
 from mupdate.net.client import CommandFailed, MupdateClientProtocol
 from mupdate.net.login import secure_then_login
-from mupdate.net.server import is_loopback
+from mupdate.net.server_login import is_loopback
 from mupdate.protocol.commands import Activate, Find, Reserve
 from mupdate.protocol.responses import MailboxLine, ReserveLine
 

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from mupdate.config.settings import SlaveSettings
 from mupdate.net.client import ConnectionClosed, MupdateClientProtocol
 from mupdate.net.login import secure_then_login
-from mupdate.net.server import is_loopback
+from mupdate.net.server_login import is_loopback
 from mupdate.slave.heal import Healer
 from mupdate.slave.replica import BrakeHeld, Replica, StreamLine
 

@@ -216,7 +216,7 @@ async def open_session(reactor: object, target: Target) -> tuple[MupdateClientPr
 
     from mupdate.net.client import AuthenticationFailed, MupdateError, TlsFailed
     from mupdate.net.login import TlsRequired, secure_then_login
-    from mupdate.net.server import is_loopback
+    from mupdate.net.server_login import is_loopback
     from mupdate.tls import TlsConfigError, client_options
 
     protocol = MupdateClientProtocol(reactor)  # type: ignore[arg-type]
