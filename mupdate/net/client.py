@@ -61,6 +61,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mupdate.logs import text
+from mupdate.net.client_results import (
+    AuthenticationFailed,
+    CommandFailed,
+    CommandResult,
+    ConnectionClosed,
+    DataLine,
+    MupdateError,
+    ProtocolViolation,
+    ServerBye,
+    ServerInfo,
+    TlsFailed,
+)
 from mupdate.protocol import texts
 from mupdate.protocol.buffer import Sentinel
 from mupdate.protocol.client import Capability, ClientConnection, ServerReady
@@ -110,67 +122,7 @@ STARTTLS_TAG = b"S01"
 LOGOUT_TAG = b"Q01"
 
 Entry = MailboxLine | ReserveLine
-DataLine = MailboxLine | ReserveLine | DeleteLine
 Entries = list[Entry]  # the class's ``list`` method shadows the builtin in its body
-
-
-class MupdateError(Exception):
-    """Base of every failure the client reports."""
-
-
-class CommandFailed(MupdateError):
-    """The server answered NO or BAD."""
-
-    def __init__(self, status: bytes, text_: bytes, tag: bytes = b"") -> None:
-        super().__init__(f"{text(tag)} {text(status)} {text(text_)}")
-        self.status = status
-        self.text = text_
-        self.tag = tag
-
-
-class _WithText(MupdateError):
-    def __init__(self, text_: bytes) -> None:
-        super().__init__(text(text_))
-        self.text = text_
-
-
-class AuthenticationFailed(_WithText):
-    """AUTHENTICATE got NO or BAD, or no offered mechanism is usable."""
-
-
-class ServerBye(_WithText):
-    """``* BYE``: the server is closing the connection."""
-
-
-class ProtocolViolation(MupdateError):
-    """The server broke the protocol; the connection has been dropped."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ConnectionClosed(MupdateError):
-    """The connection ended (or never existed) before the answer arrived."""
-
-
-class TlsFailed(ConnectionClosed):
-    """TLS could not be established: the handshake failed or the server's certificate was
-    refused (expired, unknown CA, wrong host name). The connection is gone."""
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    capabilities: dict[bytes, tuple[bytes, ...]]
-    ready: ServerReady
-    mechanisms: tuple[str, ...]
-
-
-@dataclass
-class CommandResult:
-    tag: bytes
-    data: list[DataLine]
-    done: Done
 
 
 class _Kind(Enum):
