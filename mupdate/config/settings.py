@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from mupdate.config.imapdconf import ConfigRecord
+from mupdate.config.log_settings import LogSettings, LogSettingsError, log_settings
 from mupdate.config.tls_settings import (
     ClientTls,
     ServerTls,
@@ -112,6 +113,27 @@ def last_values(records: Iterable[ConfigRecord]) -> dict[str, ConfigRecord]:
     return result
 
 
+def parse_metrics_listen(record: ConfigRecord, listen: object) -> tuple[str, ...]:
+    """Twisted endpoint strings for the HTTP status listener; empty or ``none``: no listener.
+    Each must name its endpoint type (``tcp:9105``, ``unix:/run/m.sock``) and none may be a
+    MUPDATE listener too (one port cannot serve both)."""
+    words = parse_words(record)
+    if [w.lower() for w in words] == ["none"]:
+        return ()
+    for word in words:
+        kind, sep, rest = word.partition(":")
+        if not (sep and rest and kind.isalnum()):
+            raise SettingsError(
+                f"{_where(record)}: expected Twisted endpoints like "
+                f"tcp:9105:interface=127.0.0.1, got {word!r}"
+            )
+        if isinstance(listen, tuple) and word in listen:
+            raise SettingsError(f"{_where(record)}: {word} is also in mupdate_listen")
+    if len(set(words)) != len(words):
+        raise SettingsError(f"{_where(record)}: an endpoint is given twice")
+    return words
+
+
 def parse_authority(record: ConfigRecord) -> dict[str, frozenset[str]]:
     """``USER=SERVER[,SERVER...]`` or ``USER=readonly``, space separated (design.md,
     "Authorisation"). Server names compare case-insensitively, as Cyrus's do."""
@@ -154,6 +176,8 @@ class ServerSettings:
     stream_buffer_max: int = 16 * 1024 * 1024
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
     tls: ServerTls = field(default_factory=ServerTls)
+    log: LogSettings = field(default_factory=LogSettings)  # mupdate_log_*, mupdate_syslog*
+    metrics_listen: tuple[str, ...] = ()  # mupdate_metrics_listen: /metrics, /status, /health
 
     @property
     def credentials_path(self) -> Path:
@@ -235,9 +259,17 @@ def server_fields(values: Mapping[str, ConfigRecord], default_servername: str) -
         out["idle_timeout"] = parse_duration(values["mupdate_idle_timeout"])
     if "mupdate_stream_buffer_max" in values:
         out["stream_buffer_max"] = parse_size(values["mupdate_stream_buffer_max"])
+    if "mupdate_metrics_listen" in values:
+        out["metrics_listen"] = parse_metrics_listen(
+            values["mupdate_metrics_listen"], out.get("listen", (DEFAULT_LISTEN,))
+        )
     try:
         out["tls"] = server_tls(values)  # tls_server_cert, ..., mupdate_tls_required
     except TlsSettingsError as exc:
+        raise SettingsError(str(exc)) from None
+    try:
+        out["log"] = log_settings(values)  # mupdate_log_format, ..., mupdate_audit_log
+    except LogSettingsError as exc:
         raise SettingsError(str(exc)) from None
     return out
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Final
 
 from mupdate.model import EntryState, MailboxEntry
@@ -42,10 +42,15 @@ def _field_json(value: bytes) -> object:
     return {"base64": base64.b64encode(value).decode("ascii")}
 
 
-def export_entries(entries: Iterable[MailboxEntry], out: IO[str]) -> int:
+def export_entries(
+    entries: Iterable[MailboxEntry],
+    out: IO[str],
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Write ``entries`` to ``out`` as one export document, one entry a line; return the count.
 
-    Streams: the whole list is never held as JSON in memory.
+    Streams: the whole list is never held as JSON in memory. ``progress`` is told the count
+    after each entry.
     """
     out.write(f'{{"format": "{FORMAT}", "version": {VERSION}, "entries": [')
     count = 0
@@ -58,6 +63,8 @@ def export_entries(entries: Iterable[MailboxEntry], out: IO[str]) -> int:
         }
         out.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
         count += 1
+        if progress is not None:
+            progress(count)
     out.write("\n]}\n")
     return count
 
@@ -106,8 +113,11 @@ def _entry(index: int, record: object) -> MailboxEntry:
     return MailboxEntry(name, _STATES[state], location, acl)
 
 
-def import_entries(src: IO[str]) -> list[MailboxEntry]:
-    """Read an export document; ``ValueError`` names the entry index and field at fault."""
+def import_entries(
+    src: IO[str], progress: Callable[[int], None] | None = None
+) -> list[MailboxEntry]:
+    """Read an export document; ``ValueError`` names the entry index and field at fault.
+    ``progress`` is told the count after each entry is checked."""
     try:
         document = json.load(src, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
@@ -136,4 +146,6 @@ def import_entries(src: IO[str]) -> list[MailboxEntry]:
             )
         first_index[entry.name] = index
         entries.append(entry)
+        if progress is not None:
+            progress(len(entries))
     return entries

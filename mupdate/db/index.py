@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 
 from mupdate.db.order import mailbox_key, sort_key
 from mupdate.db.store import Change, ExpireTombstones, MailboxStore, PutEntry, RemoveEntry
-from mupdate.model import MailboxEntry, Tombstone, server_of
+from mupdate.model import EntryState, MailboxEntry, Tombstone, server_of
 
 SortKey = Callable[[bytes], bytes | tuple[bytes, bytes]]
 
@@ -49,6 +49,13 @@ class MailboxIndex:
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+    def count_by_state(self) -> dict[EntryState, int]:
+        """Entries per state: one pass, for status and metrics at scrape time."""
+        counts: dict[EntryState, int] = {}
+        for entry in self._entries.values():
+            counts[entry.state] = counts.get(entry.state, 0) + 1
+        return counts
 
     def get(self, name: bytes) -> MailboxEntry | None:
         return self._entries.get(name)

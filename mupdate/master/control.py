@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from mupdate.db.export import import_entries
 from mupdate.db.store import Change, PutEntry, RemoveEntry
-from mupdate.logs import audit
+from mupdate.logs import milliseconds
 from mupdate.master.service import MasterHandler, WriteContext
 from mupdate.model import MailboxEntry, Tombstone
 
@@ -96,18 +96,30 @@ class ControlProtocol(Protocol):
         durable = self.handler.committer.submit_all(
             [(change, WriteContext("import", "IMPORT", old, new)) for change, old, new in changes]
         )
-        audit.info(
-            "import of {count} entries: {added} added, {changed} changed, {removed} removed",
+        started = self.seconds()
+        self.log.info(
+            "import of {count} entries: committing {added} added, {updated} changed, "
+            "{removed} removed",
             count=len(wanted),
             added=added,
-            changed=changed,
+            updated=changed,
             removed=removed,
         )
 
         def done(_: object) -> None:
+            self.log.info(
+                "import of {count} entries committed in {duration_ms} ms",
+                count=len(wanted),
+                duration_ms=milliseconds(self.seconds() - started),
+            )
             self._answer(b"OK %d %d %d\n" % (added, changed, removed))
 
         def failed(failure: Failure) -> None:
+            self.log.error(
+                "import of {count} entries failed, nothing changed: {reason}",
+                count=len(wanted),
+                reason=failure.getErrorMessage(),
+            )
             self._answer(
                 f"NO import failed, nothing changed: {failure.getErrorMessage()}\n".encode()
             )

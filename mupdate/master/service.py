@@ -10,7 +10,8 @@ If a commit fails, every write not yet durable gets NO and the index is reloaded
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,7 +22,7 @@ from twisted.python.failure import Failure
 
 from mupdate.db.index import MailboxIndex, load_index
 from mupdate.db.store import Change, ExpireTombstones, MailboxStore, PutEntry, RemoveEntry
-from mupdate.logs import audit, text
+from mupdate.logs import LARGE_DUMP, audit, milliseconds, text
 from mupdate.master import authority as authority_rules
 from mupdate.master.commit import GroupCommitter, RunBlocking
 from mupdate.master.rules import Apply, Refuse, Unchanged, decide
@@ -75,6 +76,7 @@ class MasterHandler:
         self.authority: Mapping[str, frozenset[str]] = authority or {}
         self.hub = StreamHub()
         self.clock = clock
+        self.refusals: Counter[str] = Counter()  # writes answered NO: "authority", "rules"
         self.tombstone_window = tombstone_window
         self._store = store
         self._run_blocking = run_blocking
@@ -95,7 +97,7 @@ class MasterHandler:
             case List():
                 entries = list(self.index.in_order(command.prefix))
                 return [
-                    dump_chunks(command.tag, entries),
+                    self._dump(command.tag, entries, "LIST", session),
                     Done(command.tag, Status.OK, texts.LIST_COMPLETE),
                 ]
             case Update():
@@ -108,6 +110,23 @@ class MasterHandler:
         self.hub.unsubscribe(session)
 
     # -- reads -------------------------------------------------------------------------
+
+    def _dump(
+        self, tag: bytes, entries: list[MailboxEntry], command: str, session: MupdateServerProtocol
+    ) -> Iterator[bytes]:
+        """The dump's chunks; a large one logs its size and how long it took to send."""
+        started = self.clock.seconds()
+        yield from dump_chunks(tag, entries)
+        if len(entries) >= LARGE_DUMP:
+            self.log.info(
+                "sent {count} entries to {user} at {peer} for {tag} {command} in {duration_ms} ms",
+                count=len(entries),
+                user=session.user,
+                peer=session.peer,
+                tag=text(tag),
+                command=command,
+                duration_ms=milliseconds(self.clock.seconds() - started),
+            )
 
     def _update(self, command: Update, session: MupdateServerProtocol) -> Reply:
         # Snapshot and subscription in the same reactor turn: no change can fall between
@@ -124,7 +143,7 @@ class MasterHandler:
             count=len(entries),
         )
         return [
-            dump_chunks(command.tag, entries),
+            self._dump(command.tag, entries, "UPDATE", session),
             Done(command.tag, Status.OK, texts.STREAMING_STARTS),
         ]
 
@@ -137,6 +156,7 @@ class MasterHandler:
         tag = command.tag
         refusal = authority_rules.check(self.authority, session.authcid, command, current)
         if refusal is not None:
+            self.refusals["authority"] += 1
             location = getattr(command, "location", None)
             audit.warn(
                 "{user} refused {command} {mailbox} at {location}: {reason}",
@@ -157,11 +177,13 @@ class MasterHandler:
         )
         match decision:
             case Refuse(text=reason):
+                self.refusals["rules"] += 1
                 self.log.info(
-                    "refused {command} {mailbox} from {user}: {reason}",
+                    "refused {command} {mailbox} from {user} at {peer}: {reason}",
                     command=type(command).__name__.upper(),
                     mailbox=text(command.name),
                     user=session.user,
+                    peer=session.peer,
                     reason=text(reason),
                 )
                 return [Done(tag, Status.NO, reason)]
@@ -192,7 +214,7 @@ class MasterHandler:
                 continue
             old, new = context.old, context.new
             audit.info(
-                "{user} {command} {mailbox}: {old_location} -> {location}",
+                "{user} {command} {mailbox}: {old_location} -> {location} ({state})",
                 user=context.user,
                 command=context.command,
                 mailbox=text(_name_of(change)),

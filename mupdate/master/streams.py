@@ -92,6 +92,9 @@ class StreamHub:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def streams(self) -> list[Stream]:
+        return list(self._streams.values())
+
     def subscribe(self, sink: StreamSink, tag: bytes, hosts: Iterable[bytes] = ()) -> Stream:
         host_set = frozenset(hosts)
         stream = Stream(sink, tag, host_set or None)

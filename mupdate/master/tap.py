@@ -28,11 +28,14 @@ from mupdate.config import (
 )
 from mupdate.db.index import MailboxIndex
 from mupdate.db.lock import DirectoryLocked
+from mupdate.logs import use_for_twistd
 from mupdate.master.control import SOCKET_NAME, ControlFactory
 from mupdate.master.service import MasterHandler
+from mupdate.metrics import watch_master
 from mupdate.net.daemon import StoreDaemon
 from mupdate.net.server import MupdateServerFactory
 from mupdate.sasl.credentials import hash_password, write_credentials
+from mupdate.status import MasterStatus
 
 DEFAULT_DATA_DIR = Path("mupdate-data")
 DEFAULT_ADMIN = "admin"
@@ -66,6 +69,7 @@ class Options(usage.Options):
             self["settings"] = build_settings(self["config"], self["data-dir"], self["port"])
         except (ConfigFileError, SettingsError) as exc:
             raise usage.UsageError(str(exc)) from exc
+        use_for_twistd(self, self["settings"].log, "mupdate-master")  # mupdate_log_*: logs.py
 
 
 def build_settings(config: str | None, data_dir: str | None, ports: list[str]) -> MasterSettings:
@@ -120,9 +124,13 @@ class MasterService(StoreDaemon):
             settings.tombstone_window,
             authority=settings.authority,
         )
-        self.serve(
-            MupdateServerFactory(settings, self.handler, self.checker, reactor),
-            self.handler.committer.barrier,
+        factory = MupdateServerFactory(
+            settings, self.handler, self.checker, reactor, metrics=self.metrics
+        )
+        self.serve(factory, self.handler.committer.barrier)
+        watch_master(self.metrics, factory, self.handler)  # /metrics, /status: status.py
+        self.serve_status(
+            MasterStatus(self.process_facts("master"), factory, self.handler), "master"
         )
         housekeeping = TimerService(
             min(3600.0, max(60.0, settings.tombstone_window / 10)), self.handler.expire_tombstones
@@ -142,11 +150,11 @@ class MasterService(StoreDaemon):
     def startService(self) -> None:
         super().startService()
         self.log.info(
-            "mupdate master {servername} serving {count} entries from {path} on {listen}",
+            "mupdate master {servername} serving {count} entries from {path} on {endpoint}",
             servername=self.settings.servername,
             count=len(self.index),
             path=str(self.master_settings.database_path),
-            listen=" ".join(self.settings.listen),
+            endpoint=" ".join(self.settings.listen),
         )
 
 

@@ -57,10 +57,10 @@ from twisted.internet.interfaces import (
     ITLSTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from mupdate.logs import text
+from mupdate.logs import PROGRESS_EVERY, address, milliseconds, text
 from mupdate.net.client_results import (
     AuthenticationFailed,
     CommandFailed,
@@ -139,6 +139,7 @@ class _Pending:
     deferred: Deferred[CommandResult] = field(default_factory=Deferred)
     data: list[DataLine] = field(default_factory=list)
     on_change: Callable[[DataLine], None] | None = None
+    sent_at: float = 0.0  # clock seconds when written (progress of large dumps)
 
 
 @dataclass(eq=False)
@@ -166,6 +167,7 @@ class MupdateClientProtocol(Protocol):
 
     log = Logger()
     close_timeout: float = 10.0  # seconds before a close we asked for becomes an abort
+    progress_every: int = PROGRESS_EVERY  # a LIST or UPDATE dump logs every this many entries
 
     def __init__(self, clock: IReactorTime, limits: ProtocolLimits = ProtocolLimits()) -> None:  # noqa: B008
         self.clock = clock
@@ -190,7 +192,7 @@ class MupdateClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.peer = str(self.transport.getPeer())
+        self.peer = address(self.transport.getPeer())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = self._closing = True
@@ -298,6 +300,7 @@ class MupdateClientProtocol(Protocol):
 
     def _write(self, pending: _Pending) -> None:
         assert self.transport is not None
+        pending.sent_at = self.clock.seconds()
         self._pending.append(pending)
         self.transport.write(pending.wire)
 
@@ -435,7 +438,11 @@ class MupdateClientProtocol(Protocol):
         try:
             line = base64.b64encode(auth.mechanism.respond(challenge))
         except Exception:
-            self.log.failure("SASL step failed at {peer}; cancelling the login", peer=self.peer)
+            self.log.failure(
+                "SASL step failed at {peer}; cancelling the login",
+                level=LogLevel.error,
+                peer=self.peer,
+            )
             line = b"*"  # the server answers NO (§5.1)
         assert self.transport is not None
         self.transport.write(self.engine.send(SaslResponse(line)))
@@ -536,6 +543,7 @@ class MupdateClientProtocol(Protocol):
             except Exception:
                 self.log.failure(
                     "applying a change to {mailbox} failed; dropping {peer}",
+                    level=LogLevel.error,
                     mailbox=text(line.name),
                     peer=self.peer,
                 )
@@ -547,6 +555,14 @@ class MupdateClientProtocol(Protocol):
                 self._violation(f"DELETE {text(line.name)} outside a stream")
                 return
             head.data.append(line)
+            if len(head.data) % self.progress_every == 0:
+                self.log.info(
+                    "received {count} entries from {peer} for {tag} in {duration_ms} ms",
+                    count=len(head.data),
+                    peer=self.peer,
+                    tag=text(head.tag),
+                    duration_ms=milliseconds(self.clock.seconds() - head.sent_at),
+                )
             return
         word = type(line).__name__.removesuffix("Line").upper()
         self._violation(f"{word} {text(line.name)} tagged {text(line.tag)} answers no command")

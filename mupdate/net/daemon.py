@@ -3,7 +3,8 @@
 The data directory's lock, the SQLite store with its single worker thread, the threads that
 run password checks, and the listeners: ``mupdate_listen`` endpoints (STARTTLS offered there
 when a certificate is configured) and ``mupdate_tls_listen`` endpoints, TLS from the first
-byte (implicit TLS, §3.3 point 4). ``stopService`` stops listening, closes the
+byte (implicit TLS, §3.3 point 4); and, with ``mupdate_metrics_listen``, the HTTP
+``/metrics``, ``/status`` and ``/health`` listener. ``stopService`` stops listening, closes the
 sessions, waits until every write already accepted is durable, and only then closes the
 store, so twistd exits clean and an acknowledged write is never cut off.
 """
@@ -23,12 +24,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
+from mupdate import __version__
 from mupdate.config.settings import ServerSettings
 from mupdate.db.lock import DirectoryLock
 from mupdate.db.sqlite import SqliteStore
+from mupdate.metrics import Metrics, ProcessCollector
 from mupdate.net.server import MupdateServerFactory
+from mupdate.net.status_http import StatusSource, status_site
 from mupdate.sasl.credentials import CredentialsFile
 from mupdate.sasl.scram import ScramKeys
+from mupdate.status import ProcessFacts, store_size
 from mupdate.tls import TlsConfigError, server_options
 
 T = TypeVar("T")
@@ -74,6 +79,9 @@ class StoreDaemon(MultiService):
         )
         self.factory: MupdateServerFactory | None = None
         self._drain: Callable[[], Deferred[None]] | None = None
+        self.database = database
+        self.started = reactor.seconds()
+        self.metrics = Metrics()  # this process's registry: /metrics
 
     def run_blocking(self, call: Callable[[], T]) -> Deferred[T]:
         return deferToThreadPool(self.reactor, self.store_pool, call)
@@ -96,6 +104,19 @@ class StoreDaemon(MultiService):
                 self._listen(description, factory)
             else:
                 self._listen(description, TLSMemoryBIOFactory(options, False, factory))
+
+    def process_facts(self, role: str) -> ProcessFacts:
+        name, now = self.settings.servername, self.reactor.seconds
+        return ProcessFacts(role, name, __version__, self.database, self.started, now)
+
+    def serve_status(self, source: StatusSource, role: str) -> None:
+        """``/metrics``, ``/status`` and ``/health`` on each ``mupdate_metrics_listen``."""
+        size = lambda: store_size(self.database)  # noqa: E731 - read at each scrape
+        name = self.settings.servername
+        self.metrics.add(ProcessCollector(role, __version__, name, self.started, size))
+        site = status_site(self.metrics.exposition, source)
+        for description in self.settings.metrics_listen:
+            self._listen(description, site)
 
     def _listen(self, description: str, factory: Any) -> None:
         listener = StreamServerEndpointService(serverFromString(self.reactor, description), factory)

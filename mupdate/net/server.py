@@ -27,12 +27,13 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mupdate.config.settings import ServerSettings
-from mupdate.logs import text
+from mupdate.logs import address, text
+from mupdate.metrics import Metrics
 from mupdate.net.output import OutputQueue
 from mupdate.net.server_login import ServerLogin
 from mupdate.protocol import texts
@@ -100,6 +101,7 @@ class MupdateServerFactory(Factory):
         authenticator: Authenticator,
         clock: IReactorTime,
         tls_options: IOpenSSLServerConnectionCreator | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.handler = handler
@@ -108,6 +110,7 @@ class MupdateServerFactory(Factory):
         self.tls_options = tls_options  # from mupdate.tls.server_options; None: no TLS
         self.sessions: set[MupdateServerProtocol] = set()
         self.counters = ServerCounters()
+        self.metrics = metrics or Metrics()  # the process's; a fresh one in tests
 
     def buildProtocol(self, addr: IAddress | None) -> MupdateServerProtocol:
         return MupdateServerProtocol(self)
@@ -137,13 +140,14 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         self._final: Success | None = None  # final server data sent, awaiting the empty line
         self._failed_logins = 0
         self._login_call: IDelayedCall | None = None
+        self._command: tuple[str, float] | None = None  # awaiting its tagged answer: metrics
 
     # -- connection lifecycle -------------------------------------------------------------
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        self.peer = str(transport.getPeer())
+        self.peer = address(transport.getPeer())
         self.output = OutputQueue(
             transport, self.settings.stream_buffer_max, self._overflow, self._pump
         )
@@ -159,7 +163,7 @@ class MupdateServerProtocol(ServerLogin, Protocol):
             return
         self.factory.sessions.add(self)
         self.factory.counters.connections += 1
-        self.log.debug("connection from {peer}", peer=self.peer)
+        self.log.info("connection from {peer}", peer=self.peer)
         self._new_engine(transport)
         if self.engine.tls_active:
             self._greet_after_handshake = True  # implicit TLS: greet once we know the peer
@@ -175,6 +179,8 @@ class MupdateServerProtocol(ServerLogin, Protocol):
             self.log.warn(
                 "TLS with {peer} failed: {reason}", peer=self.peer, reason=reason.getErrorMessage()
             )
+        if self._greet_after_handshake:  # lost before the TLS handshake completed
+            self.factory.metrics.tls_handshake_failed()
         self._closing = True
         for call in (self._idle_call, self._abort_call, self._login_call):
             if call is not None and call.active():
@@ -197,6 +203,7 @@ class MupdateServerProtocol(ServerLogin, Protocol):
     def _send(self, event: Response) -> None:
         assert self.output is not None
         self.output.write(self.engine.send(event))
+        self.answered(event)
 
     def send_reply(self, reply: Reply) -> None:
         assert self.output is not None
@@ -205,6 +212,14 @@ class MupdateServerProtocol(ServerLogin, Protocol):
                 self.output.write_lazy(item)
             else:
                 self.output.write(self.engine.send(item))
+                self.answered(item)
+
+    def answered(self, event: Response) -> None:
+        """A command's tagged answer went out: count its outcome and time (metrics)."""
+        if self._command is not None and isinstance(event, Done):
+            (name, started), self._command = self._command, None
+            outcome = event.status.name.lower()
+            self.factory.metrics.command(name, outcome, self.factory.clock.seconds() - started)
 
     def write_raw(self, data: bytes) -> None:
         """Pre-rendered bytes (stream lines shared by every streamer)."""
@@ -277,6 +292,8 @@ class MupdateServerProtocol(ServerLogin, Protocol):
                 event = self.engine.next_event()
             except PeerError as exc:
                 self._flush_engine()
+                kind = exc.response.status if isinstance(exc.response, Done) else None
+                self.factory.metrics.protocol_error(kind.name.lower() if kind else "bye")
                 if isinstance(exc.response, Bye):
                     self.log.warn(
                         "closing {peer}: {reason}", peer=self.peer, reason=text(exc.response.text)
@@ -311,10 +328,19 @@ class MupdateServerProtocol(ServerLogin, Protocol):
 
     def _dispatch(self, event: Command | SaslResponse) -> None:
         if isinstance(event, SaslResponse):
-            self._sasl_response(event)
+            self._sasl_response(event)  # never traced: it carries SASL data
             return
         name = type(event).__name__.upper()
+        # The wire trace names the command, never its SASL data (style.md §9).
+        self.log.debug(
+            "{peer} sent {tag} {command} {mailbox}",
+            peer=self.peer,
+            tag=text(event.tag),
+            command=name,
+            mailbox=text(getattr(event, "name", None)),
+        )
         self.factory.counters.commands[name] = self.factory.counters.commands.get(name, 0) + 1
+        self._command = (name, self.factory.clock.seconds())
         match event:
             case Authenticate():
                 self._authenticate(event)
@@ -336,9 +362,11 @@ class MupdateServerProtocol(ServerLogin, Protocol):
 
     def _handler_failed(self, failure: Failure, event: Command) -> None:
         self.log.failure(
-            "command {command} from {peer} failed",
+            "command {tag} {command} from {peer} failed",
             failure,
-            command=type(event).__name__,
+            level=LogLevel.error,
+            tag=text(event.tag),
+            command=type(event).__name__.upper(),
             peer=self.peer,
         )
         self._send(Done(event.tag, Status.NO, texts.INTERNAL_ERROR))

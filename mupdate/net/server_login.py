@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport, ITLSTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mupdate import __version__
@@ -90,6 +90,9 @@ class ServerLogin:
     def _send(self, event: Response) -> None:
         raise NotImplementedError
 
+    def answered(self, event: Response) -> None:
+        raise NotImplementedError
+
     def _pump(self) -> None:
         raise NotImplementedError
 
@@ -123,7 +126,9 @@ class ServerLogin:
             # behind unread output cannot be served in order.
             self._bye(texts.TLS_INIT_ERROR)
             return
-        transport.write(self.engine.send(Done(event.tag, Status.OK, texts.BEGIN_TLS, quoted=False)))
+        begin = Done(event.tag, Status.OK, texts.BEGIN_TLS, quoted=False)
+        transport.write(self.engine.send(begin))
+        self.answered(begin)
         self._greet_after_handshake = True
         ITLSTransport(transport).startTLS(options)
         self.engine.tls_started()
@@ -164,9 +169,7 @@ class ServerLogin:
         """EXTERNAL succeeded: the same admin rule as PLAIN (§5.1), no password to check."""
         if step.authcid not in self.settings.admins:
             self._auth_failed(
-                f"certificate user {step.authcid!r} is not an admin",
-                texts.AUTH_FAILED,
-                user=step.authcid,
+                "certificate user is not an admin", texts.AUTH_FAILED, user=step.authcid
             )
             return
         self.user = step.authzid or step.authcid
@@ -174,7 +177,10 @@ class ServerLogin:
         self._mechanism = None
         self.engine.authentication_succeeded()
         self.log.info(
-            "{user} logged in from {peer} with a client certificate", user=self.user, peer=self.peer
+            "{user} logged in from {peer} with {mechanism} (a client certificate)",
+            user=self.user,
+            peer=self.peer,
+            mechanism="EXTERNAL",
         )
         self._send(Done(self._auth_tag, Status.OK, texts.AUTHENTICATED))
 
@@ -228,7 +234,7 @@ class ServerLogin:
         )
         if mechanism is None:
             self._auth_failed(
-                f"mechanism {mech_name!r} not offered", texts.AUTH_MECHANISM_UNAVAILABLE
+                "mechanism not offered", texts.AUTH_MECHANISM_UNAVAILABLE, mechanism=mech_name
             )
             return
         self._mechanism = mechanism
@@ -275,8 +281,10 @@ class ServerLogin:
         match step:
             case Challenge(data=data):
                 self._send(SaslChallenge(data))
-            case SaslFailure(reason=reason):
-                self._auth_failed(reason, texts.AUTH_FAILED)
+            case SaslFailure(reason=reason):  # SCRAM and LOGIN know the user by now
+                self._auth_failed(
+                    reason, texts.AUTH_FAILED, user=getattr(self._mechanism, "user", None)
+                )
             case CheckPassword():
                 self._check_password(step)
             case Success() if isinstance(self._mechanism, ExternalServer):  # TLS: EXTERNAL
@@ -286,9 +294,7 @@ class ServerLogin:
 
     def _check_password(self, step: CheckPassword) -> None:
         if step.authcid not in self.settings.admins:
-            self._auth_failed(
-                f"{step.authcid!r} is not an admin", texts.AUTH_FAILED, user=step.authcid
-            )
+            self._auth_failed("not an admin", texts.AUTH_FAILED, user=step.authcid)
             return
         self._busy = True
         d = self.server_factory.authenticator.check(step.authcid, step.password)
@@ -305,7 +311,9 @@ class ServerLogin:
 
         def broken(failure: Failure) -> None:
             self._busy = False
-            self.log.failure("password check failed for {user}", failure, user=step.authcid)
+            self.log.failure(
+                "password check failed for {user}", failure, level=LogLevel.error, user=step.authcid
+            )
             self._auth_failed("password check error", texts.AUTH_FAILED, user=step.authcid)
 
         d.addCallbacks(checked, broken)
@@ -344,9 +352,7 @@ class ServerLogin:
         """A mechanism proved the credential (SCRAM). Final data goes out as one more bare
         base64 challenge and the client's empty line completes the login (§5.1)."""
         if step.authcid not in self.settings.admins:
-            self._auth_failed(
-                f"{step.authcid!r} is not an admin", texts.AUTH_FAILED, user=step.authcid
-            )
+            self._auth_failed("not an admin", texts.AUTH_FAILED, user=step.authcid)
             return
         if step.data:
             self._final = step
@@ -365,26 +371,31 @@ class ServerLogin:
             self._login_call.cancel()
         self.engine.authentication_succeeded()
         self.log.info(
-            "{user} logged in from {peer} as {authcid} with {mechanism}",
-            user=self.user,
+            "{user} logged in from {peer} as {authzid} with {mechanism}",
+            user=authcid,  # the credential that was proved
             peer=self.peer,
-            authcid=authcid,
+            authzid=self.user,  # the identity the session acts as
             mechanism=mechanism,
         )
         self._send(Done(self._auth_tag, Status.OK, texts.AUTHENTICATED))
 
     def _login_timeout(self) -> None:
         if self.user is None and not self._closing:
-            self.log.info("closing {peer}: not logged in in time", peer=self.peer)
+            self.log.warn("closing {peer}: not logged in in time", peer=self.peer)
             self._bye(texts.IDLE_TOO_LONG)
 
-    def _auth_failed(self, reason: str, reply: bytes, user: str | None = None) -> None:
-        """After ``failedloginpause`` (Cyrus: 3 s), a tagged NO; Cyrus clients read the prefix."""
+    def _auth_failed(
+        self, reason: str, reply: bytes, user: str | None = None, mechanism: str | None = None
+    ) -> None:
+        """After ``failedloginpause`` (Cyrus: 3 s), a tagged NO; Cyrus clients read the prefix.
+        ``reason`` is a fixed text, never the client's data (style.md §9)."""
         self.server_factory.counters.failed_logins += 1
+        self.server_factory.metrics.sasl_failed(getattr(self._mechanism, "name", None) or "none")
         self.log.warn(
-            "failed login from {peer} as {user}: {reason}",
+            "failed login from {peer} as {user} with {mechanism}: {reason}",
             peer=self.peer,
             user=user or "?",
+            mechanism=mechanism or getattr(self._mechanism, "name", None) or "-",
             reason=reason,
         )
         self._mechanism = None

@@ -99,6 +99,11 @@ class LoginServer:
         self._user: str | None = None
         self._done = False
 
+    @property
+    def user(self) -> str | None:
+        """The user name, once sent (for the failed-login log)."""
+        return self._user
+
     def start(self, initial: bytes | None) -> Step:
         if initial:
             return self.step(initial)

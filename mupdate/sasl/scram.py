@@ -237,6 +237,11 @@ class ScramServer:
         self._known = False
         self._server_first = ""
 
+    @property
+    def user(self) -> str | None:
+        """The user named in client-first, once read (for the failed-login log)."""
+        return self._first.user if self._first is not None else None
+
     def start(self, initial: bytes | None) -> Step:
         if not initial:  # none, or "=" (empty): the client-first comes as a response
             return Challenge(b"")

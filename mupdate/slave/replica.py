@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from mupdate.db.index import MailboxIndex, load_index
 from mupdate.db.store import Change, MailboxStore, PutEntry, RemoveEntry
-from mupdate.logs import text
+from mupdate.logs import LARGE_DUMP, milliseconds, text
 from mupdate.master.commit import GroupCommitter, RunBlocking
 from mupdate.master.streams import StreamChange, StreamHub
 from mupdate.model import EntryState, MailboxEntry
@@ -85,6 +85,9 @@ class Replica:
         self._consume_release = consume_release
         self._held_lines: list[StreamLine] | None = None
         self._resync_started = 0.0
+        self.held: str | None = None  # why the brake holds the last resync; None: not held
+        #: Told each applied resync's duration in seconds (metrics).
+        self.observe_resync: Callable[[float], None] = lambda seconds: None
         self.committer: GroupCommitter[MailboxEntry | None] = GroupCommitter(
             store, run_blocking, self._committed, self._reload
         )
@@ -97,6 +100,11 @@ class Replica:
             remote[line.name] = entry_from_line(line)  # a repeated name: the later line wins
         local = {e.name: e for e in self.index.in_order()}
         return plan_resync(local, remote, self.facts, own_servername=self._own_servername)
+
+    @property
+    def resyncing(self) -> bool:
+        """Between ``begin_resync`` and its end: a dump is arriving or being applied."""
+        return self._held_lines is not None
 
     def begin_resync(self) -> None:
         """From now until ``finish_resync``, stream lines wait (they follow the dump)."""
@@ -116,6 +124,7 @@ class Replica:
                 self.counters.brake_releases += 1
             else:
                 self.counters.brake_holds += 1
+                self.held = verdict.reason
                 self.log.critical(
                     "mass-delete brake holds the resync: {reason}", reason=verdict.reason
                 )
@@ -131,6 +140,12 @@ class Replica:
         if plan.is_noop():
             return succeed(plan)
         changes = list(plan.changes)
+        if len(changes) >= LARGE_DUMP:
+            self.log.info(
+                "applying {count} resync changes after {duration_ms} ms",
+                count=len(changes),
+                duration_ms=milliseconds(self._now() - self._resync_started),
+            )
 
         def apply() -> None:
             self.store.apply(changes)
@@ -158,14 +173,18 @@ class Replica:
             self.counters.resyncs += 1
             self.counters.resync_changes += len(plan.changes)
             self.counters.last_sync = self._now()
+            self.held = None
+            seconds = self._now() - self._resync_started
+            self.observe_resync(seconds)
             self.log.info(
-                "resync applied in {duration_ms} ms: {added} added, {updated} updated, {removed} removed, "
-                "{count} kept by the guard",
-                duration_ms=round((self._now() - self._resync_started) * 1000),
+                "resync applied: {count} changes ({added} added, {updated} updated, "
+                "{removed} removed), {kept} kept by the guard, in {duration_ms} ms",
+                count=len(plan.changes),
                 added=plan.added,
                 updated=plan.updated,
                 removed=plan.removed,
-                count=len(plan.refused),
+                kept=len(plan.refused),
+                duration_ms=milliseconds(seconds),
             )
         for line in held:
             self.apply_line(line)

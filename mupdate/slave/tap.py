@@ -26,6 +26,8 @@ from mupdate.config import (
 )
 from mupdate.db.index import MailboxIndex
 from mupdate.db.lock import DirectoryLocked
+from mupdate.logs import use_for_twistd
+from mupdate.metrics import watch_slave
 from mupdate.net.daemon import StoreDaemon
 from mupdate.net.server import MupdateServerFactory
 from mupdate.protocol.texts import ROLE_SLAVE_PREFIX
@@ -36,6 +38,7 @@ from mupdate.slave.heal import Healer
 from mupdate.slave.replica import Replica
 from mupdate.slave.service import SlaveHandler
 from mupdate.slave.uplink import Uplink
+from mupdate.status import SlaveStatus
 from mupdate.tls import TlsConfigError, client_options
 
 RELEASE_FILE = "mupdate-brake-release"
@@ -65,6 +68,7 @@ class Options(usage.Options):
             self["settings"] = build_settings(self["config"], self["data-dir"], self["port"])
         except (ConfigFileError, SettingsError) as exc:
             raise usage.UsageError(str(exc)) from exc
+        use_for_twistd(self, self["settings"].log, "mupdate-slave")  # mupdate_log_*: logs.py
 
 
 def build_settings(config: str, data_dir: str | None, ports: list[str]) -> SlaveSettings:
@@ -126,10 +130,10 @@ class SlaveService(StoreDaemon):
         )
         role = ROLE_SLAVE_PREFIX + settings.mupdate_server.encode()
         self.handler = SlaveHandler(self.replica, role, ready=len(index) > 0)
-        self.serve(
-            MupdateServerFactory(settings, self.handler, self.checker, reactor),
-            self.replica.committer.barrier,
+        factory = MupdateServerFactory(
+            settings, self.handler, self.checker, reactor, metrics=self.metrics
         )
+        self.serve(factory, self.replica.committer.barrier)
         host, port = settings.master_address
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
             reactor, host, port, timeout=max(10, int(settings.retry_delay))
@@ -144,6 +148,11 @@ class SlaveService(StoreDaemon):
             settings, self.replica, endpoint, reactor, self.healer, self.handler.mark_ready
         )
         self.uplink.service.setServiceParent(self)
+        watch_slave(self.metrics, factory, self.replica, self.uplink, self.healer, reactor.seconds)
+        status = SlaveStatus(
+            self.process_facts("slave"), factory, self.handler, self.uplink, self.healer
+        )
+        self.serve_status(status, "slave")
 
     def startService(self) -> None:
         super().startService()

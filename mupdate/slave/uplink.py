@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mupdate.config.settings import SlaveSettings
+from mupdate.logs import milliseconds
 from mupdate.net.client import ConnectionClosed, MupdateClientProtocol
 from mupdate.net.login import secure_then_login
 from mupdate.net.server_login import is_loopback
@@ -144,10 +145,11 @@ class Uplink:
             self.login_timeout,
         )
         self.log.info(
-            "logged in to master {server} as {user} with {state}",
+            "logged in to master {server} as {user} with {mechanism} {state}",
             server=master,
             user=self.settings.authname,
-            state=mechanism + (" over TLS" if protocol.tls_active else ""),
+            mechanism=mechanism,
+            state="over TLS" if protocol.tls_active else "without TLS",
         )
         # A session whose connection died while its resync was committing may still be
         # finishing when the next one starts: one resync at a time, or the later one's
@@ -155,12 +157,14 @@ class Uplink:
         await self._resync_lock.acquire()
         try:
             self.replica.begin_resync()
+            started = self.clock.seconds()
             try:
                 dump = await self._bounded(protocol.update(self._stream_line), self.dump_timeout)
                 self.log.info(
-                    "master {server} sent {count} entries; reconciling",
+                    "master {server} sent {count} entries in {duration_ms} ms; reconciling",
                     server=master,
                     count=len(dump),
+                    duration_ms=milliseconds(self.clock.seconds() - started),
                 )
                 plan = await self.replica.resync(dump)
             except BaseException:
@@ -221,6 +225,8 @@ class Uplink:
             if self._deadline is not None and self._deadline.active():
                 self._deadline.cancel()
             self._deadline = None
+            # Every change sent before this OK has arrived (§8.3): the copy is current.
+            self.replica.counters.last_sync = self.clock.seconds()
             if self.connected:
                 self._schedule_ping(protocol)
 

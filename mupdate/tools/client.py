@@ -8,7 +8,8 @@ the job of Cyrus's ``mupdatetest`` made scriptable (protocol doc §3, §5, §6, 
     watch [HOST...]     UPDATE (PARTIAL-UPDATE with hosts): the dump, then each change as it
                         arrives, until Ctrl-C, --count changes or --seconds
     raw                 an interactive session (client_raw.py): type LIST, FIND user.x, ...
-    status              servername, version, role, capabilities, entry counts, NOOP time
+    status              servername, version, role, capabilities, entry counts, NOOP time;
+                        with --status-url URL, our server's HTTP /status instead (no login)
 
 Output formats are described in ``client_output.py``. Connection options and password
 sources are those of every tool (``connect.py``); the password is never an argument.
@@ -44,6 +45,7 @@ from mupdate.net.client import (
 )
 from mupdate.protocol.responses import DeleteLine, MailboxLine, ReserveLine
 from mupdate.tools import client_output as fmt
+from mupdate.tools.client_http import fetch_status, status_json, status_text, status_url
 from mupdate.tools.client_raw import RawSession
 from mupdate.tools.client_watch import Watch
 from mupdate.tools.connect import (
@@ -146,7 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         "hosts", nargs="*", type=_host, metavar="HOST", help="PARTIAL-UPDATE for these servers"
     )
     add("raw", "interactive session like mupdatetest; LOGOUT or end of input ends it", json=False)
-    add("status", "servername, version, role, capabilities, entry counts, NOOP round trip")
+    status = add("status", "servername, version, role, capabilities, entry counts, NOOP round trip")
+    status.add_argument(
+        "--status-url",
+        metavar="URL",
+        help="instead, our master's or slave's HTTP /status (mupdate_metrics_listen): "
+        "http://HOST:PORT or HOST:PORT; no login",
+    )
     return parser
 
 
@@ -156,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    if getattr(args, "status_url", None):  # HTTP, no MUPDATE login: no target, no password
+        react(_main_http_status, (args,))
+        return
     try:
         target = resolve_target(args)
     except ToolError as exc:
@@ -168,6 +179,26 @@ async def _main(reactor: Reactor, args: argparse.Namespace, target: Target) -> N
     code = await run(reactor, args, target, sys.stdout)
     if code:
         raise SystemExit(code)
+
+
+async def _main_http_status(reactor: Reactor, args: argparse.Namespace) -> None:
+    code = await run_http_status(reactor, args, sys.stdout)
+    if code:
+        raise SystemExit(code)
+
+
+async def run_http_status(reactor: Reactor, args: argparse.Namespace, out: TextIO) -> int:
+    """``status --status-url``: the JSON of ``/status`` as lines, or as one JSON line."""
+    try:
+        record = await fetch_status(reactor, status_url(args.status_url), args.timeout)
+    except ToolError as exc:
+        complain(str(exc))
+        return exc.code
+    lines = [status_json(record)] if args.json else status_text(record)
+    for line in lines:
+        print(line, file=out)
+    out.flush()
+    return EXIT_OK
 
 
 async def run(reactor: Reactor, args: argparse.Namespace, target: Target, out: TextIO) -> int:

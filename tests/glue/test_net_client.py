@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 
@@ -434,7 +434,8 @@ def test_violation_fails_everything_and_drops(wire, events, reply):
     assert wire.dropped
     failure_of(wire.proto.noop(), ConnectionClosed)
     (event,) = [e for e in events if e.get("log_format", "").startswith("protocol violation")]
-    assert event["peer"] == str(wire.transport.getPeer())
+    assert event["peer"] == "127.0.0.1:3905"  # HOST:PORT (logs.address)
+    assert event["log_level"] is LogLevel.warn
     assert event["reason"]
 
 

@@ -431,6 +431,11 @@ SAMPLE_KEYS: dict[str, tuple[Getter, object, str, object]] = {
         "tls1_3",
         ("tls1_3",),
     ),
+    "mupdate_log_format": (lambda s: s.log.format, "text", "JSON", "json"),
+    "mupdate_log_level": (lambda s: s.log.level, "info", "warning", "warn"),
+    "mupdate_syslog": (lambda s: s.log.syslog, False, "yes", True),
+    "mupdate_syslog_facility": (lambda s: s.log.syslog_facility, "mail", "local6", "local6"),
+    "mupdate_audit_fsync": (lambda s: s.log.audit_fsync, False, "yes", True),
 }
 # Read only to refuse a unified master; not a field of the settings.
 SAMPLE_CHECK_ONLY = {"mupdate_config"}
@@ -500,13 +505,19 @@ def test_sample_values_are_the_defaults_where_it_says_so() -> None:
 MASTER_FUNCTIONS = ("_limits", "server_fields", "master_settings")
 TLS_SOURCE = SETTINGS_SOURCE.with_name("tls_settings.py")
 TLS_FUNCTIONS = ("server_tls",)
+LOG_SOURCE = SETTINGS_SOURCE.with_name("log_settings.py")
+LOG_FUNCTIONS = ("log_settings",)
 
 
 def keys_read_by_settings() -> set[str]:
     """Every config key the master's settings functions look up: ``"k" in values``,
     ``values["k"]``, ``values.get("k")`` and the ``("mupdate_...", attr)`` limits table."""
     functions = []
-    for source, names in ((SETTINGS_SOURCE, MASTER_FUNCTIONS), (TLS_SOURCE, TLS_FUNCTIONS)):
+    for source, names in (
+        (SETTINGS_SOURCE, MASTER_FUNCTIONS),
+        (TLS_SOURCE, TLS_FUNCTIONS),
+        (LOG_SOURCE, LOG_FUNCTIONS),
+    ):
         tree = ast.parse(source.read_text(encoding="utf-8"))
         found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
         assert sorted(f.name for f in found) == sorted(names)

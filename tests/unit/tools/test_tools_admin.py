@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -219,3 +220,34 @@ def test_missing_action_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
         admin("--data-dir", "x")
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("usage: mupdate-admin")
+
+
+def test_progress_on_stderr_with_progress_or_a_tty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    make_store(source, ENTRIES)
+    code, document = admin(
+        "--data-dir", str(source), "export", "--progress", "--progress-every", "2"
+    )
+    assert code == 0
+    err = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"mupdate-admin: exported 2 entries \(\d+\.\d s\)", err[0])
+    assert err[1:] == ["mupdate-admin: exported 3 entries"]
+
+    assert admin(
+        "--data-dir", str(target), "import", "--progress", "--progress-every", "1", stdin=document
+    ) == (0, "")
+    err = [re.sub(r" \(\d+\.\d s\)$", "", line) for line in capsys.readouterr().err.splitlines()]
+    assert err == [
+        "mupdate-admin: checked 1 entries",
+        "mupdate-admin: checked 2 entries",
+        "mupdate-admin: checked 3 entries",
+        "mupdate-admin: writing 3 checked entries in one transaction",
+        f"mupdate-admin: imported 3 entries into {target / 'mupdate.sqlite3'}",
+    ]
+    # Without --progress and without a terminal: only the summary.
+    assert admin("--data-dir", str(source), "export")[0] == 0
+    assert capsys.readouterr().err == "mupdate-admin: exported 3 entries\n"
+    assert admin("--data-dir", str(source), "export", "--progress-every", "0")[0] == 2

@@ -1,0 +1,592 @@
+"""Every command shown in docs/*.md and README.md is exercised: run, or checked.
+
+Convention for fenced blocks in those files (the first word of the info string is what a
+markdown renderer highlights, so readers just see shell):
+
+- ```` ```sh ````: commands an operator types. Each is CHECKED: the program must be known, and
+  every option it is given must appear in that program's own help: for our tools
+  (mupdate-passwd, mupdate-admin, mupdate-slave-brake, mupdate-client, mupdate-push) the
+  argparse ``--help`` of the tool and of the subcommand used (which must exist); for
+  ``twistd`` its own options, then the plugin (mupdate-master or mupdate-slave) and the
+  plugin's options; for Cyrus's tools (``ctl_mboxlist``) the usage text they print; for
+  system programs (openssl, systemctl, journalctl, install, useradd, curl, pip, ...) that the
+  program exists here and that their ``--help`` (``openssl SUB -help``) lists the options;
+  ``systemctl``/``journalctl -u`` units must exist (ours in etc/, Cyrus's installed).
+- ```` ```sh run ````: checked as above, and RUN, in document order, in one sandbox per
+  document: ``bash -e -o pipefail`` in a tmp directory, where ``/etc/mupdate``,
+  ``/var/lib/mupdate*``, ``/var/backups`` and ``/opt/mupdate`` are rewritten into the tmp
+  directory (``/opt/mupdate/bin`` holds this checkout's twistd and tools, and
+  ``/opt/mupdate/share/mupdate/etc`` the files of etc/, as an installed package has them) and
+  ports 3905, 3906, 9105 and 9106 into free loopback ports. Each block must exit 0.
+- ```` ```sh daemon ````: one foreground command (``twistd -n ...``), checked, then started in
+  the background in that sandbox; the next block runs once it greets ``* OK MUPDATE`` on the
+  port its ``--config`` file's ``mupdate_listen`` names. Daemons are stopped (SIGTERM to the
+  process group the test created) when the document ends.
+- ```` ```text ```` or no info string: output, config excerpts, file listings: not run; but a
+  line starting with ``$ `` in them is a command and is CHECKED like a ```` ```sh ```` line
+  (``...`` stands for elided options and is skipped).
+
+Any other info string starting with ``sh`` or naming another shell (bash, console, shell)
+fails the test, so a typo cannot silently exempt a block. Shell syntax understood by the
+checker: ``\\`` continuations, comments, here-documents (skipped), ``;`` ``&&`` ``||`` ``|``
+``&``, subshells, redirections, ``$(...)`` and ``<(...)`` (as one word), ``for ... do ...
+done``, leading ``VAR=value``, ``runuser -u USER --`` and ``sudo``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cyrus import HOST, PortAllocator, repo_root
+
+DOCS = sorted(p.relative_to(repo_root()).as_posix() for p in (repo_root() / "docs").glob("*.md"))
+DOCS.append("README.md")
+
+TOOLS = {
+    "mupdate-passwd": "mupdate.tools.passwd",
+    "mupdate-admin": "mupdate.tools.admin",
+    "mupdate-slave-brake": "mupdate.tools.brake",
+    "mupdate-client": "mupdate.tools.client",
+    "mupdate-push": "mupdate.tools.push",
+}
+PLUGINS = ("mupdate-master", "mupdate-slave")
+CYRUS_BIN = Path("/usr/lib/cyrus/bin")
+CYRUS_TOOLS = ("ctl_mboxlist",)
+#: system programs and how to get the text that lists their options (None: no options used)
+SYSTEM_HELP: dict[str, list[str] | None] = {
+    "apt-get": ["apt-get", "--help"],
+    "cat": ["cat", "--help"],
+    "chown": ["chown", "--help"],
+    "curl": ["curl", "--help", "all"],
+    "diff": ["diff", "--help"],
+    "install": ["install", "--help"],
+    "journalctl": ["journalctl", "--help"],
+    "pip": [sys.executable, "-m", "pip", "install", "--help"],
+    "python3": ["python3", "--help"],
+    "systemctl": ["systemctl", "--help"],
+    "systemd-analyze": ["systemd-analyze", "--help"],
+    "useradd": ["useradd", "--help"],
+}
+BUILTINS = {"cd", "echo", "printf", "test", "true", "umask", "[", "exit"}
+SYSTEMCTL_VERBS = {
+    "daemon-reload",
+    "enable",
+    "disable",
+    "start",
+    "stop",
+    "restart",
+    "status",
+    "reload",
+    "edit",
+    "cat",
+    "is-active",
+}
+SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", "\n"}
+REDIRECTIONS = {">", ">>", "<", "<<", "<<-", "<<<", ">&", "<&", ">|", "&>"}
+SANDBOX_PATHS = ("/etc/mupdate", "/var/lib/mupdate", "/var/backups", "/opt/mupdate")
+SANDBOX_PORTS = (3905, 3906, 9105, 9106)
+RUN_TIMEOUT = 120.0
+HELP_TIMEOUT = 60.0
+
+
+# ------------------------------------------------------------------ markdown
+
+
+@dataclass(frozen=True)
+class Block:
+    doc: str
+    line: int  # of the opening fence, 1-based
+    info: str
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc}:{self.line}"
+
+
+_FENCE = re.compile(r"^(?P<indent>\s*)```(?P<info>[^`]*)$")
+
+
+def blocks(doc: str) -> list[Block]:
+    lines = (repo_root() / doc).read_text().splitlines()
+    found: list[Block] = []
+    i = 0
+    while i < len(lines):
+        match = _FENCE.match(lines[i])
+        if match is None:
+            i += 1
+            continue
+        indent, info, start = len(match["indent"]), " ".join(match["info"].split()), i
+        body: list[str] = []
+        i += 1
+        while i < len(lines) and lines[i].strip() != "```":
+            body.append(lines[i][indent:] if lines[i][:indent].isspace() else lines[i].lstrip())
+            i += 1
+        assert i < len(lines), f"{doc}:{start + 1}: unclosed code fence"
+        found.append(Block(doc, start + 1, info, "\n".join(body) + "\n"))
+        i += 1
+    return found
+
+
+def kind_of(block: Block) -> str:
+    """sh, run, daemon, or output; anything else is a mistake in the document."""
+    known = {"sh": "sh", "sh run": "run", "sh daemon": "daemon", "text": "output", "": "output"}
+    if block.info in known:
+        return known[block.info]
+    raise AssertionError(
+        f"{block.where}: unknown code block info string {block.info!r} "
+        "(use sh, sh run, sh daemon or text; see test_docs_commands.py)"
+    )
+
+
+# ------------------------------------------------------------------ shell parsing
+
+
+def logical_lines(script: str) -> list[str]:
+    """Lines with continuations joined and here-document bodies dropped."""
+    out: list[str] = []
+    pending = ""
+    heredoc: str | None = None
+    for raw in script.splitlines():
+        if heredoc is not None:
+            if raw.strip() == heredoc:
+                heredoc = None
+            continue
+        line = pending + raw
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        found = re.search(r"<<-?\s*(['\"]?)([A-Za-z_]\w*)\1", line)
+        if found:
+            heredoc = found.group(2)
+        out.append(line)
+    assert not pending, f"unterminated continuation in {script!r}"
+    assert heredoc is None, f"unterminated here-document in {script!r}"
+    return out
+
+
+def simple_commands(script: str) -> list[list[str]]:
+    """The argv of each simple command, wrappers and redirections removed."""
+    commands: list[list[str]] = []
+    for line in logical_lines(script):
+        line = re.sub(r"\$\([^()]*\)", "SUBSTITUTED", line)
+        line = re.sub(r"<\([^()]*\)", "/dev/fd/63", line)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
+        lexer.whitespace_split = True
+        current: list[str] = []
+        tokens = list(lexer)
+        i = 0
+        while i < len(tokens):
+            token = tokens[i]
+            if token in SEPARATORS:
+                commands.append(current)
+                current = []
+            elif token in REDIRECTIONS:
+                i += 1  # and its target
+            else:
+                current.append(token)
+            i += 1
+        commands.append(current)
+    return [argv for argv in (_unwrap(c) for c in commands) if argv]
+
+
+def _unwrap(argv: list[str]) -> list[str]:
+    while argv:
+        head = argv[0]
+        if head in ("do", "then", "else", "time", "exec", "!", "if", "while"):
+            argv = argv[1:]
+        elif head in ("for", "done", "fi", "esac", "case"):
+            return []
+        elif re.fullmatch(r"[A-Za-z_]\w*=.*", head):
+            argv = argv[1:]
+        elif head == "sudo":
+            argv = argv[3:] if argv[1:2] == ["-u"] else argv[1:]
+        elif head == "runuser":
+            rest = argv[1:]
+            assert "--" in rest, f"runuser without --: {argv}"
+            argv = rest[rest.index("--") + 1 :]
+        else:
+            return argv
+    return argv
+
+
+# ------------------------------------------------------------------ help texts
+
+
+def _tool_argv(name: str) -> list[str]:
+    installed = Path(sys.executable).parent / name
+    if installed.exists():
+        return [str(installed)]
+    return [sys.executable, "-m", TOOLS[name]]
+
+
+def _twistd_argv() -> list[str]:
+    installed = Path(sys.executable).parent / "twistd"
+    if installed.exists():
+        return [str(installed)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(repo_root())
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    )
+    return env
+
+
+@functools.cache
+def help_text(argv: tuple[str, ...]) -> str:
+    done = subprocess.run(
+        list(argv),
+        cwd=repo_root(),
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=HELP_TIMEOUT,
+        check=False,
+    )
+    return done.stdout + done.stderr
+
+
+def _mentions(text: str, option: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
+
+
+def _options(args: list[str]) -> list[str]:
+    return [a.split("=", 1)[0] for a in args if a.startswith("-") and a not in ("-", "--")]
+
+
+def _check_options(what: str, args: list[str], text: str) -> list[str]:
+    problems = []
+    for option in _options(args):
+        if _mentions(text, option):
+            continue
+        letters = option[1:]
+        if (
+            not option.startswith("--")
+            and len(letters) > 1
+            and all(_mentions(text, f"-{c}") for c in letters)
+        ):
+            continue  # combined short flags, -fsS
+        problems.append(f"{what}: option {option} is not in its help")
+    return problems
+
+
+def _subcommands(text: str) -> set[str]:
+    names: set[str] = set()
+    for choices in re.findall(r"\{([\w,-]+)\}", text):
+        names.update(choices.split(","))
+    section = text.split("positional arguments:", 1)[-1].split("options:", 1)[0]
+    names.update(re.findall(r"^    ([a-z][\w-]*)(?:\s|$)", section, re.M))
+    return names
+
+
+def check_tool(name: str, args: list[str]) -> list[str]:
+    top = help_text((*_tool_argv(name), "--help"))
+    if f"usage: {name}" not in top:
+        return [f"{name}: --help failed: {top[-300:]}"]
+    subs = _subcommands(top)
+    text = top
+    if subs:
+        used = [a for a in args if a in subs]
+        if not used:
+            return [f"{name} {' '.join(args)}: no subcommand (one of {sorted(subs)})"]
+        text += help_text((*_tool_argv(name), used[0], "--help"))
+    return _check_options(name, [a for a in args if a != "..."], text)
+
+
+def check_twistd(args: list[str], plugin_only: bool = False) -> list[str]:
+    problems: list[str] = []
+    if plugin_only:
+        plugin, own, rest = "mupdate-master", [], args
+    else:
+        positional = [i for i, a in enumerate(args) if not a.startswith("-")]
+        if not positional:
+            return [f"twistd {' '.join(args)}: no plugin"]
+        plugin, own, rest = args[positional[0]], args[: positional[0]], args[positional[0] + 1 :]
+        twistd_help = help_text((*_twistd_argv(), "--help"))
+        if plugin not in PLUGINS or not re.search(rf"^\s+{plugin}\s", twistd_help, re.M):
+            return [f"twistd: plugin {plugin!r} is not one of ours / not listed by twistd --help"]
+        problems += _check_options("twistd", own, twistd_help)
+    plugin_help = help_text((*_twistd_argv(), plugin, "--help"))
+    problems += _check_options(f"twistd {plugin}", rest, plugin_help)
+    return problems
+
+
+def check_cyrus(name: str, args: list[str]) -> list[str]:
+    path = CYRUS_BIN / name
+    if not path.exists():
+        pytest.skip(f"{path} not installed (Cyrus); cannot check {name}")
+    usage = help_text((str(path), "-h"))
+    return _check_options(name, args, usage)
+
+
+def _unit_exists(unit: str) -> bool:
+    name = unit if unit.endswith(".service") else f"{unit}.service"
+    if (repo_root() / "etc" / name).exists():
+        return True
+    return any(Path(d, name).exists() for d in ("/lib/systemd/system", "/etc/systemd/system"))
+
+
+def check_system(name: str, argv: list[str]) -> list[str]:
+    args = argv[1:]
+    if name in BUILTINS:
+        return []
+    if name == "runuser" or name not in SYSTEM_HELP:
+        return [f"{name}: not a program this test knows (add it to SYSTEM_HELP in {__name__})"]
+    if argv[0].startswith("/") and not argv[0].startswith("/opt/mupdate/"):
+        if not Path(argv[0]).exists():
+            return [f"{argv[0]} does not exist here"]
+    elif shutil.which(name) is None and name != "pip":
+        return [f"{name} is not installed here"]
+    problems = _check_options(name, args, help_text(tuple(SYSTEM_HELP[name] or [name])))
+    if name == "systemctl":
+        verbs = [a for a in args if not a.startswith("-")]
+        if not verbs or verbs[0] not in SYSTEMCTL_VERBS:
+            problems.append(f"systemctl {' '.join(args)}: unexpected verb")
+        else:
+            units = [u for u in verbs[1:] if verbs[0] != "daemon-reload"]
+            problems += [f"systemctl: no unit {u}" for u in units if not _unit_exists(u)]
+    if name == "journalctl" and "-u" in args:
+        unit = args[args.index("-u") + 1]
+        if not _unit_exists(unit):
+            problems.append(f"journalctl: no unit {unit}")
+    return problems
+
+
+def check_openssl(args: list[str]) -> list[str]:
+    if not args:
+        return ["openssl without a subcommand"]
+    usage = help_text(("openssl", args[0], "-help"))
+    if "Usage:" not in usage and "usage:" not in usage:
+        return [f"openssl {args[0]}: not an openssl subcommand here"]
+    return _check_options(f"openssl {args[0]}", args[1:], usage)
+
+
+def check_command(argv: list[str]) -> list[str]:
+    """Problems with one simple command (empty when it is fine)."""
+    argv = [a for a in argv if a != "..."]
+    program = argv[0]
+    name = Path(program).name
+    args = argv[1:]
+    if name in TOOLS:
+        return check_tool(name, args)
+    if name == "twistd":
+        return check_twistd(args)
+    if program in ("./run-master", "./run-tests"):
+        if not os.access(repo_root() / program, os.X_OK):
+            return [f"{program} is not an executable in the repository"]
+        return check_twistd(args, plugin_only=True) if program == "./run-master" else []
+    if name in CYRUS_TOOLS:
+        return check_cyrus(name, args)
+    if name == "openssl":
+        return check_openssl(args)
+    return check_system(name, argv)
+
+
+def commands_of(block: Block) -> list[list[str]]:
+    if kind_of(block) == "output":
+        shown = [line[2:] for line in block.text.splitlines() if line.startswith("$ ")]
+        return simple_commands("\n".join(shown))
+    return simple_commands(block.text)
+
+
+# ------------------------------------------------------------------ the sandbox
+
+
+class Sandbox:
+    """Runs ```sh run and ```sh daemon blocks with paths and ports moved (see the docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        allocate = PortAllocator()
+        self.ports = {port: allocate() for port in SANDBOX_PORTS}
+        self.daemons: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.bin = root / "opt/mupdate/bin"
+        self.bin.mkdir(parents=True)
+        for name in TOOLS:
+            self._wrapper(name, _tool_argv(name))
+        self._wrapper("twistd", _twistd_argv())
+        self._wrapper("pip", [sys.executable, "-m", "pip"])
+        share = root / "opt/mupdate/share/mupdate/etc"
+        share.mkdir(parents=True)
+        for path in (repo_root() / "etc").iterdir():
+            shutil.copy(path, share / path.name)
+        self.cwd = root / "work"
+        self.cwd.mkdir()
+        self.env = _env()
+        self.env["PATH"] = f"{self.bin}{os.pathsep}{self.env.get('PATH', '')}"
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def _wrapper(self, name: str, argv: list[str]) -> None:
+        script = self.bin / name
+        script.write_text("#!/bin/sh\nexec " + " ".join(map(shlex.quote, argv)) + ' "$@"\n')
+        script.chmod(0o755)
+
+    def translate(self, text: str) -> str:
+        paths = "|".join(map(re.escape, SANDBOX_PATHS))
+        text = re.sub(rf"(?<![\w/.-])({paths})", lambda m: f"{self.root}{m[1]}", text)
+        for port, local in self.ports.items():
+            text = re.sub(rf"\b{port}\b", str(local), text)
+        return text
+
+    def run(self, block: Block) -> None:
+        script = self.root / f"block-{block.line}.sh"
+        script.write_text(self.translate(block.text))
+        done = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", str(script)],
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 0, (
+            f"{block.where}: exited {done.returncode}\n--- script\n{script.read_text()}"
+            f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
+            + self.daemon_logs()
+        )
+
+    def start(self, block: Block) -> None:
+        (argv,) = simple_commands(block.text)
+        command = self.translate(shlex.join(argv))
+        config = Path(shlex.split(command)[shlex.split(command).index("--config") + 1])
+        listen = next(
+            line.split(":", 1)[1].split()
+            for line in config.read_text().splitlines()
+            if line.startswith("mupdate_listen:")
+        )
+        port = int(listen[0].split(":")[1])
+        log = self.root / f"daemon-{block.line}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                ["bash", "-c", f"exec {command}"],
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.daemons.append((block.where, proc, log))
+        deadline = time.monotonic() + 30.0
+        while not self._greets(port):
+            assert proc.poll() is None, (
+                f"{block.where}: exited {proc.returncode}\n{log.read_text()}"
+            )
+            assert time.monotonic() < deadline, (
+                f"{block.where}: no greeting on {port}\n{log.read_text()}"
+            )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1)
+
+    @staticmethod
+    def _greets(port: int) -> bool:
+        try:
+            with socket.create_connection((HOST, port), timeout=2.0) as sock:
+                sock.settimeout(2.0)
+                data = b""  # capability lines, then * OK MUPDATE (a slave: after its sync)
+                while not any(line.startswith(b"* OK") for line in data.split(b"\r\n")[:-1]):
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return False
+                    data += chunk
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"Q01 LOGOUT\r\n")
+                return b"\r\n* OK MUPDATE" in b"\r\n" + data
+        except OSError:
+            return False
+
+    def daemon_logs(self) -> str:
+        return "".join(
+            f"\n--- daemon {where}\n"
+            + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            for where, _, log in self.daemons
+        )
+
+    def close(self) -> None:
+        for _, proc, _ in reversed(self.daemons):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # the session this test created for it
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=15)
+
+
+# ------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_command_is_known_and_uses_real_options(doc):
+    problems: list[str] = []
+    checked = 0
+    for block in blocks(doc):
+        for argv in commands_of(block):
+            checked += 1
+            problems += [f"{block.where}: {p}" for p in check_command(argv)]
+    assert checked, f"{doc}: no command found"
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "doc", [d for d in DOCS if any(kind_of(b) in ("run", "daemon") for b in blocks(d))]
+)
+def test_runnable_blocks_run_in_a_sandbox(doc, tmp_path):
+    sandbox = Sandbox(tmp_path)
+    try:
+        for block in blocks(doc):
+            kind = kind_of(block)
+            if kind == "run":
+                sandbox.run(block)
+            elif kind == "daemon":
+                sandbox.start(block)
+    finally:
+        sandbox.close()
+
+
+def test_the_checker_catches_mistakes():
+    """The checks above are not vacuous."""
+    assert check_command(["mupdate-client", "--server", "h", "list"]) == []
+    assert check_command(["mupdate-client", "--sever", "h", "list"])
+    assert check_command(["mupdate-client", "--server", "h", "lst"])
+    assert check_command(["mupdate-passwd", "--file", "f", "add", "--bogus", "u"])
+    assert check_command(["twistd", "-n", "mupdate-master", "--config", "c"]) == []
+    assert check_command(["twistd", "-n", "mupdate-master", "--confg", "c"])
+    assert check_command(["twistd", "-n", "mupdate-mastr"])
+    assert check_command(["systemctl", "enable", "--now", "mupdate-master"]) == []
+    assert check_command(["systemctl", "enable", "mupdate-nothing"])
+    assert check_command(["openssl", "req", "-newkey", "rsa:2048"]) == []
+    assert check_command(["openssl", "req", "-nweky", "rsa:2048"])
+    assert check_command(["frobnicate", "--now"])
+    assert simple_commands(
+        "a x | b y && c \\\n  z > f # note\ncat <<'EOF'\nnot a command\nEOF\n"
+    ) == [["a", "x"], ["b", "y"], ["c", "z"], ["cat"]]
+    assert simple_commands("for u in a b; do (umask 077; x $u) ; done") == [
+        ["umask", "077"],
+        ["x", "$u"],
+    ]
+    assert simple_commands("runuser -u cyrus -- ctl_mboxlist -m -w") == [
+        ["ctl_mboxlist", "-m", "-w"]
+    ]
