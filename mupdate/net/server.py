@@ -247,6 +247,9 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         transport.write(self.engine.send(Bye(text_, trailing_nul=trailing_nul)))
         if self.output is not None:
             self.output.stopProducing()
+            # A paused producer left registered would be resumed by the transport instead
+            # of the close finishing: the BYE'd peer would linger until the abort timer.
+            transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
         self._abort_call = self.factory.clock.callLater(10, transport.abortConnection)  # type: ignore[attr-defined]
 

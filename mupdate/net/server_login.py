@@ -301,6 +301,8 @@ class ServerLogin:
 
         def checked(ok: bool) -> None:
             self._busy = False
+            if self._closing:
+                return  # the connection went while the password was checked
             if not ok:
                 self._auth_failed(
                     "wrong password or unknown user", texts.AUTH_FAILED, user=step.authcid
