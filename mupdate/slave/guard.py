@@ -120,7 +120,8 @@ def check_change(
         return Accept(RemoveEntry(name, None))
     if local is not None and _echoes_local_record(local, remote, facts):
         return Accept(None)
-    if facts.is_local(name, local) and not _stays_here(local, remote, facts):
+    # The cheap test first: a change that stays on this host needs no look at the disk.
+    if not _stays_here(local, remote, facts) and facts.is_local(name, local):
         return GuardRefusal(name, local, remote, _placed_elsewhere(remote))
     return Accept(PutEntry(remote))
 
