@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Final
 
 from mupdate.config.imapdconf import ConfigRecord
+from mupdate.config.values import SettingsError, parse_bool
+from mupdate.config.values import where as _where
 
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
@@ -36,7 +38,7 @@ SYSLOG_FACILITIES: Final = (
 )
 
 
-class LogSettingsError(ValueError):
+class LogSettingsError(SettingsError):
     """A logging value that cannot be used; the message names file, line and key."""
 
 
@@ -50,10 +52,6 @@ class LogSettings:
     audit_fsync: bool = False
 
 
-def _where(record: ConfigRecord) -> str:
-    return f"{record.source}:{record.line}: {record.key}"
-
-
 def _choice(record: ConfigRecord, choices: tuple[str, ...], aliases: Mapping[str, str]) -> str:
     value = record.value.strip().lower()
     value = aliases.get(value, value)
@@ -65,12 +63,7 @@ def _choice(record: ConfigRecord, choices: tuple[str, ...], aliases: Mapping[str
 
 
 def _bool(record: ConfigRecord) -> bool:
-    value = record.value.strip().lower()
-    if value in ("1", "yes", "on", "true", "t", "y"):
-        return True
-    if value in ("0", "no", "off", "false", "f", "n"):
-        return False
-    raise LogSettingsError(f"{_where(record)}: expected yes or no, got {record.value!r}")
+    return parse_bool(record, LogSettingsError)
 
 
 def log_settings(values: Mapping[str, ConfigRecord]) -> LogSettings:

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Final
 
 from mupdate.config.imapdconf import ConfigRecord
-from mupdate.config.log_settings import LogSettings, LogSettingsError, log_settings
+from mupdate.config.log_settings import LogSettings, log_settings
 from mupdate.config.tls_settings import (
     ClientTls,
     ServerTls,
-    TlsSettingsError,
     client_tls,
     server_tls,
 )
+from mupdate.config.values import SettingsError as SettingsError  # re-exported
+from mupdate.config.values import parse_bool as parse_bool  # re-exported
+from mupdate.config.values import where as _where
 from mupdate.protocol.limits import ProtocolLimits
 from mupdate.sasl.mechanisms import SUPPORTED_MECHANISMS
 
@@ -31,26 +33,7 @@ DEFAULT_LISTEN: Final = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
 #: binding exists), then PLAIN and LOGIN (only where plaintext passwords are allowed).
 DEFAULT_MECHANISMS: Final = SUPPORTED_MECHANISMS
 
-_TRUE: Final = frozenset({"1", "yes", "on", "true", "t", "y"})
-_FALSE: Final = frozenset({"0", "no", "off", "false", "f", "n"})
 _DURATION: Final = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
-
-
-class SettingsError(ValueError):
-    """A value that cannot be used; the message names where it came from."""
-
-
-def _where(record: ConfigRecord) -> str:
-    return f"{record.source}:{record.line}: {record.key}"
-
-
-def parse_bool(record: ConfigRecord) -> bool:
-    value = record.value.lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SettingsError(f"{_where(record)}: expected yes or no, got {record.value!r}")
 
 
 def parse_int(record: ConfigRecord, minimum: int = 0) -> int:
@@ -263,14 +246,8 @@ def server_fields(values: Mapping[str, ConfigRecord], default_servername: str) -
         out["metrics_listen"] = parse_metrics_listen(
             values["mupdate_metrics_listen"], out.get("listen", (DEFAULT_LISTEN,))
         )
-    try:
-        out["tls"] = server_tls(values)  # tls_server_cert, ..., mupdate_tls_required
-    except TlsSettingsError as exc:
-        raise SettingsError(str(exc)) from None
-    try:
-        out["log"] = log_settings(values)  # mupdate_log_format, ..., mupdate_audit_log
-    except LogSettingsError as exc:
-        raise SettingsError(str(exc)) from None
+    out["tls"] = server_tls(values)  # tls_server_cert, ..., mupdate_tls_required
+    out["log"] = log_settings(values)  # mupdate_log_format, ..., mupdate_audit_log
     return out
 
 
@@ -427,10 +404,7 @@ def slave_settings(
         fields["brake_release"] = parse_bool(values["mupdate_brake_release"])
     if "mupdate_slave_database" in values:
         fields["database"] = Path(values["mupdate_slave_database"].value)
-    try:
-        fields["client_tls"] = client_tls(values)  # mupdate_starttls, tls_server_ca_file, ...
-    except TlsSettingsError as exc:
-        raise SettingsError(str(exc)) from None
+    fields["client_tls"] = client_tls(values)  # mupdate_starttls, tls_server_ca_file, ...
     fields.update(overrides or {})
     settings = SlaveSettings(**fields)  # type: ignore[arg-type]  # fields are checked above
     if not settings.authname:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Final
 
 from mupdate.config.imapdconf import ConfigRecord
+from mupdate.config.values import SettingsError, parse_bool
+from mupdate.config.values import where as _where
 
 #: Cyrus's ``tls_versions`` words, oldest first.
 TLS_VERSIONS: Final = ("tls1_0", "tls1_1", "tls1_2", "tls1_3")
@@ -23,12 +25,8 @@ DEFAULT_TLS_VERSIONS: Final = ("tls1_2", "tls1_3")
 STARTTLS_POLICIES: Final = ("auto", "required", "off")
 
 
-class TlsSettingsError(ValueError):
+class TlsSettingsError(SettingsError):
     """A TLS value that cannot be used; the message names file, line and key."""
-
-
-def _where(record: ConfigRecord) -> str:
-    return f"{record.source}:{record.line}: {record.key}"
 
 
 def _path(record: ConfigRecord) -> Path | None:
@@ -38,12 +36,7 @@ def _path(record: ConfigRecord) -> Path | None:
 
 
 def _bool(record: ConfigRecord) -> bool:
-    value = record.value.strip().lower()
-    if value in ("1", "yes", "on", "true", "t", "y"):
-        return True
-    if value in ("0", "no", "off", "false", "f", "n"):
-        return False
-    raise TlsSettingsError(f"{_where(record)}: expected yes or no, got {record.value!r}")
+    return parse_bool(record, TlsSettingsError)
 
 
 def _versions(record: ConfigRecord) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ _BYTES_FIELDS: Final = ("name", "location", "acl")
 _STATES: Final = {state.value: state for state in EntryState}
 
 
-def _field_json(value: bytes) -> object:
+def field_json(value: bytes) -> str | dict[str, str]:
     """Text when it reads back unchanged and unsurprising; base64 otherwise."""
     try:
         text = value.decode("utf-8")
@@ -56,10 +56,10 @@ def export_entries(
     count = 0
     for entry in entries:
         record = {
-            "name": _field_json(entry.name),
+            "name": field_json(entry.name),
             "state": entry.state.value,
-            "location": _field_json(entry.location),
-            "acl": _field_json(entry.acl),
+            "location": field_json(entry.location),
+            "acl": field_json(entry.acl),
         }
         out.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
         count += 1

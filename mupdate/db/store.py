@@ -77,3 +77,8 @@ class MailboxStore(Protocol):
     def close(self) -> None:
         """Release the store; calling it again does nothing."""
         ...
+
+
+def change_name(change: PutEntry | RemoveEntry) -> bytes:
+    """The mailbox a put or a removal is about."""
+    return change.entry.name if isinstance(change, PutEntry) else change.name

@@ -21,7 +21,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mupdate.db.index import MailboxIndex, load_index
-from mupdate.db.store import Change, ExpireTombstones, MailboxStore, PutEntry, RemoveEntry
+from mupdate.db.store import (
+    Change,
+    ExpireTombstones,
+    MailboxStore,
+    change_name,
+)
 from mupdate.logs import LARGE_DUMP, audit, milliseconds, text
 from mupdate.master import authority as authority_rules
 from mupdate.master.commit import GroupCommitter, RunBlocking
@@ -217,12 +222,12 @@ class MasterHandler:
                 "{user} {command} {mailbox}: {old_location} -> {location} ({state})",
                 user=context.user,
                 command=context.command,
-                mailbox=text(_name_of(change)),
+                mailbox=text(change_name(change)),
                 old_location=text(old.location) if old else "-",
                 location=text(new.location) if new else "-",
                 state=new.state.value if new else "deleted",
             )
-            changes.append(StreamChange(_name_of(change), old.server if old else None, new))
+            changes.append(StreamChange(change_name(change), old.server if old else None, new))
         self.hub.publish(changes)
 
     def _reload(self, failure: Failure) -> Deferred[None]:
@@ -248,11 +253,3 @@ class MasterHandler:
         change = ExpireTombstones(before)
         self.index.apply(change)
         return self.committer.submit(change, None)
-
-
-def _name_of(change: Change) -> bytes:
-    if isinstance(change, PutEntry):
-        return change.entry.name
-    if isinstance(change, RemoveEntry):
-        return change.name
-    raise AssertionError("tombstone expiry has no name")

@@ -18,7 +18,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mupdate.db.index import MailboxIndex, load_index
-from mupdate.db.store import Change, MailboxStore, PutEntry, RemoveEntry
+from mupdate.db.store import (
+    Change,
+    ExpireTombstones,
+    MailboxStore,
+    PutEntry,
+    change_name,
+)
 from mupdate.logs import LARGE_DUMP, milliseconds, text
 from mupdate.master.commit import GroupCommitter, RunBlocking
 from mupdate.master.streams import StreamChange, StreamHub
@@ -155,10 +161,10 @@ class Replica:
         def applied(_: object) -> ResyncPlan:
             published: list[StreamChange] = []
             for change in changes:
-                old = self.index.get(_name(change))
+                old = self.index.get(_changed_name(change))
                 self.index.apply(change)
                 published.append(
-                    StreamChange(_name(change), old.server if old else None, _entry(change))
+                    StreamChange(_changed_name(change), old.server if old else None, _entry(change))
                 )
             self.hub.publish(published)
             return plan
@@ -224,7 +230,7 @@ class Replica:
     def _committed(self, batch: list[tuple[Change, MailboxEntry | None]]) -> None:
         self.hub.publish(
             [
-                StreamChange(_name(change), old.server if old else None, _entry(change))
+                StreamChange(_changed_name(change), old.server if old else None, _entry(change))
                 for change, old in batch
             ]
         )
@@ -259,12 +265,9 @@ class Replica:
             )
 
 
-def _name(change: Change) -> bytes:
-    if isinstance(change, PutEntry):
-        return change.entry.name
-    if isinstance(change, RemoveEntry):
-        return change.name
-    raise AssertionError("the replica stores no tombstones")
+def _changed_name(change: Change) -> bytes:
+    assert not isinstance(change, ExpireTombstones), "the replica stores no tombstones"
+    return change_name(change)
 
 
 def _entry(change: Change) -> MailboxEntry | None:

@@ -26,7 +26,6 @@ string when it is valid UTF-8 made of printable characters and tabs, else
 
 from __future__ import annotations
 
-import base64
 import json
 import unicodedata
 from collections import Counter
@@ -34,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from mupdate.db.export import field_json
 from mupdate.model import server_of
 from mupdate.protocol.responses import DeleteLine, MailboxLine, ReserveLine
 
@@ -138,15 +138,8 @@ def format_table(rows: Sequence[Row], header: Row | None = HEADER) -> list[str]:
 # ---------------------------------------------------------------- JSON
 
 
-def json_field(value: bytes) -> str | dict[str, str]:
-    """Text when it reads back unchanged and unsurprising; ``{"base64": ...}`` otherwise."""
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"base64": base64.b64encode(value).decode("ascii")}
-    if text.replace("\t", "").isprintable():
-        return text
-    return {"base64": base64.b64encode(value).decode("ascii")}
+#: Text when it reads back unchanged; ``{"base64": ...}`` otherwise: mupdate-admin's rule.
+json_field = field_json
 
 
 def entry_record(line: DataLine) -> dict[str, object]:
