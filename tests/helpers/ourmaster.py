@@ -122,6 +122,10 @@ class OurMaster:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def cwd(self) -> Path:
+        return self.root
+
+    @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -134,7 +138,7 @@ class OurMaster:
         try:
             p = subprocess.run(
                 argv,
-                cwd=self.root,
+                cwd=self.cwd,
                 env=_env(self.root),
                 input=stdin,
                 text=True,
@@ -169,11 +173,9 @@ class OurMaster:
 
     # ------------------------------------------------------------- run
 
-    def start(self, timeout: float = 20.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            raise OurMasterError("already running")
-        self.configure()
-        argv = [
+    def argv(self) -> list[str]:
+        """The twistd command line; a subclass may drop --port to keep the config's."""
+        return [
             *_twistd(),
             "-n",
             "--pidfile=",
@@ -183,6 +185,12 @@ class OurMaster:
             "--port",
             f"tcp:{self.port}:interface={self.host}",
         ]
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            raise OurMasterError("already running")
+        self.configure()
+        argv = self.argv()
         with open(self.log_path, "ab") as log:
             log.write(f"---- start {' '.join(argv)}\n".encode())
             log.flush()

@@ -109,24 +109,16 @@ class SampleNode(OurMaster):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.text)
 
+    @property
+    def cwd(self) -> Path:
+        return self.workdir
+
+    def argv(self) -> list[str]:
+        # No --port: the sample's own listen keys, localized, are what is under test.
+        return [*_twistd(), "-n", "--pidfile=", self.plugin, "--config", str(self.config_path)]
+
     def start(self, timeout: float = 30.0) -> None:
-        self.configure()
-        argv = [*_twistd(), "-n", "--pidfile=", self.plugin, "--config", str(self.config_path)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=self.workdir,
-                env=_env(self.root),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        super().start(timeout)
 
     def _ready_greeting(self, line: bytes) -> bool:
         if self.plugin == "mupdate-slave":
