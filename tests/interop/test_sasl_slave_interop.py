@@ -78,8 +78,14 @@ def topo(request: pytest.FixtureRequest, cyrus_ready: None) -> Iterator[ScramTop
 
 
 def test_cyrus_master_offers_only_scram(topo: ScramTopo) -> None:
-    greeting = [x.text for x in topo.tap.lines() if x.direction == "<S" and x.text.startswith("*")]
-    assert greeting[0] == '* AUTH "SCRAM-SHA-256"', greeting
+    # Our slave listens before its uplink has connected: wait for the master's greeting.
+    def greeting() -> list[str] | None:
+        lines = [x.text for x in topo.tap.lines() if x.direction == "<S"]
+        return lines if any(t.startswith("* ") for t in lines) else None
+
+    lines = wait_until(greeting, 20, "the Cyrus master's greeting through the tap")
+    assert isinstance(lines, list)
+    assert next(t for t in lines if t.startswith("* ")) == '* AUTH "SCRAM-SHA-256"', lines
 
 
 def test_our_slave_logs_in_with_scram_sha_256_and_syncs(topo: ScramTopo) -> None:
