@@ -15,6 +15,11 @@ from Cyrus 3.6.1 on purpose:
   Cyrus segfaults either way (case 52).
 * ACTIVATE is never refused, exactly as in Cyrus: it is how mailboxes move (XFER, partition
   moves, ``server!`` fix-ups, ``ctl_mboxlist -m`` repairs, §15).
+* "The same location" is the same bytes, or the same server where one side has an empty
+  partition (``server!``, what a Cyrus 3.6 RENAME registers, §10.2): the replica's
+  ``sync_server`` repeats the primary's rename at ``server!default`` (seen in the
+  replication-pair seed run, docs/replication-pair-seed000.md), and refusing that RESERVE
+  makes the replica undo the rename.
 
 Imports nothing from Twisted.
 """
@@ -71,10 +76,23 @@ def _put(old: MailboxEntry | None, new: MailboxEntry) -> Apply:
     return Apply(PutEntry(new), old, new)
 
 
+def same_location(held: bytes, given: bytes) -> bool:
+    """Whether ``given`` names the place of an entry held at ``held`` (for RESERVE and
+    DEACTIVATE): the same bytes, or the same server where either partition is empty.
+
+    A location without ``!`` has no partition to leave empty, so it only matches itself.
+    """
+    if held == given:
+        return True
+    h_server, h_bang, h_part = held.partition(b"!")
+    g_server, g_bang, g_part = given.partition(b"!")
+    return bool(h_bang and g_bang and h_server == g_server and not (h_part and g_part))
+
+
 def _reserve(command: Reserve, current: MailboxEntry | None) -> Decision:
     if current is None:
         return _put(None, MailboxEntry(command.name, EntryState.RESERVED, command.location))
-    if current.location == command.location:
+    if same_location(current.location, command.location):
         return Unchanged()  # both states: an ACTIVE entry keeps its state and ACL
     return Refuse(ALREADY_EXISTS)
 
@@ -92,7 +110,7 @@ def _deactivate(command: Deactivate, current: MailboxEntry | None) -> Decision:
     if current.state is EntryState.ACTIVE:
         # Any location: the entry moves to the given one and loses its ACL (§5.11).
         return _put(current, MailboxEntry(command.name, EntryState.RESERVED, command.location))
-    if current.location == command.location:
+    if same_location(current.location, command.location):
         return Unchanged()
     return Refuse(NOT_ACTIVE)
 

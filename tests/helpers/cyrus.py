@@ -19,6 +19,7 @@ import re
 import select
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -416,6 +417,38 @@ class CyrusMurder:
         """Stop everything this harness started (idempotent)."""
         dirs = [d for d in dict.fromkeys(self._started_dirs) if d.is_dir()]
         return self.stop(*dirs) if dirs else ""
+
+    def cyrmaster_pid(self, node: Node) -> int:
+        """The pid of the node's running cyrmaster (from the pid file it writes)."""
+        return int((node.dir / "run" / "cyrmaster.pid").read_text().split()[0])
+
+    def add_service(
+        self, node: Node, name: str, argv: Sequence[str], port: int, timeout: float = 20.0
+    ) -> None:
+        """Add a SERVICES entry (``name cmd="ARGV" listen=127.0.0.1:PORT``) to a running node's
+        cyrus.conf and SIGHUP its cyrmaster, which starts listening without a restart; wait
+        (bounded) until the port accepts. cyrus-murder rewrites cyrus.conf at every start, so
+        the service is gone after a restart of the node. E.g. a replica's sync_server:
+        ``add_service(node, "syncserver", ["/usr/lib/cyrus/bin/sync_server", "-C",
+        f"{node.dir}/imapd.conf"], port)``."""
+        if not re.fullmatch(r"[A-Za-z0-9]+", name):
+            raise ValueError(f"cyrus.conf service names are letters and digits: {name!r}")
+        conf = node.dir / "cyrus.conf"
+        text = conf.read_text()
+        entry = f'  {name} cmd="{shlex.join(argv)}" listen="{HOST}:{port}" prefork=0\n'
+        if "SERVICES {\n" not in text:
+            raise CyrusMurderError(f"{conf} has no SERVICES section:\n{text}")
+        conf.write_text(text.replace("SERVICES {\n", "SERVICES {\n" + entry, 1))
+        os.kill(self.cyrmaster_pid(node), signal.SIGHUP)
+
+        def accepts() -> bool:
+            try:
+                with socket.create_connection((HOST, port), timeout=1.0):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(accepts, timeout, f"{name} on {HOST}:{port} after SIGHUP to {node.dir}")
 
     def wipe_db(self, node: Node) -> None:
         self.run("wipe-db", str(node.dir))

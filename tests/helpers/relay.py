@@ -7,6 +7,7 @@
         relay.cut_after(down=4096)     # the same, server->client
         relay.slow(1, 0.5)             # at most 1 byte per 0.5 s, both directions
         relay.cut_all()                # close every open link now
+        relay.retarget(host, port)     # later links go to host:port (a moved virtual IP)
         relay.wait_for(lambda r: r.cuts >= 1, 10, "a cut")
 
 Each accepted connection is a *link*: the relay connects to the target and pumps bytes both
@@ -376,6 +377,20 @@ class Relay:
     ) -> None:
         mode = Mode("slow", limit, interval)
         self.set_mode(mode if up else None, mode if down else None, **where)
+
+    def retarget(self, host: str, port: int, *, cut: bool = True) -> int:
+        """Send the links accepted from now on to ``host:port`` (a virtual IP moving to another
+        machine); with ``cut``, also close the open links, as the move would. Returns how many
+        were cut."""
+
+        async def move() -> int:
+            self.target = (host, port)
+            links = list(self._links) if cut else []
+            for link in links:
+                link.cut(reset=False)
+            return len(links)
+
+        return self._call(move())
 
     def cut_all(self, reset: bool = False) -> int:
         """Close every open link now; returns how many."""

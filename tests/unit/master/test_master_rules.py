@@ -160,9 +160,27 @@ def test_reserve_same_location_keeps_active_entry() -> None:
 
 
 def test_reserve_compares_whole_location_bytes() -> None:
-    assert d(Reserve(b"T", N, b"be1!"), ACTIVE_HERE) == Refuse(ALREADY_EXISTS)
+    assert d(Reserve(b"T", N, b"be1!p2"), ACTIVE_HERE) == Refuse(ALREADY_EXISTS)
     assert d(Reserve(b"T", N, b"be1"), RESERVED_HERE) == Refuse(ALREADY_EXISTS)
     assert d(Reserve(b"T", N, b"BE1!default"), RESERVED_HERE) == Refuse(ALREADY_EXISTS)
+    assert d(Reserve(b"T", N, b"be2!"), ACTIVE_HERE) == Refuse(ALREADY_EXISTS)
+
+
+def test_empty_partition_is_the_same_location_on_the_same_server() -> None:
+    # A Cyrus 3.6 RENAME registers `server!` (§10.2); the replica's sync_server repeats the
+    # rename at `server!default` (replication-pair seed run): RESERVE and DEACTIVATE there
+    # are the replica's repeat, in both directions, and change nothing.
+    renamed = MailboxEntry(N, EntryState.ACTIVE, b"be1!", ACL)
+    assert d(RESERVE, renamed) == Unchanged()
+    assert d(Reserve(b"T", N, b"be1!"), ACTIVE_HERE) == Unchanged()
+    reserved = MailboxEntry(N, EntryState.RESERVED, b"be1!")
+    assert d(RESERVE, reserved) == Unchanged()
+    assert d(DEACTIVATE, reserved) == Unchanged()
+    assert d(Deactivate(b"T", N, b"be1!"), RESERVED_HERE) == Unchanged()
+    # another server, or a location without `!`, is still another location
+    assert d(Reserve(b"T", N, b"be2!default"), renamed) == Refuse(ALREADY_EXISTS)
+    assert d(Reserve(b"T", N, b"be1"), renamed) == Refuse(ALREADY_EXISTS)
+    assert d(Deactivate(b"T", N, b"be2!"), reserved) == Refuse(NOT_ACTIVE)
 
 
 def test_reserve_empty_location_is_stored() -> None:
@@ -260,6 +278,20 @@ def test_replica_pair_repeats_rename() -> None:
         assert not isinstance(run(index, Reserve(b"X", new, b"be1!")), Refuse)
         assert not isinstance(run(index, Activate(b"X", new, b"be1!", ACL)), Refuse)
     assert index.get(new) == MailboxEntry(new, EntryState.ACTIVE, b"be1!", ACL)
+    assert old not in index
+
+
+def test_replica_pair_sync_server_repeats_rename_at_its_partition() -> None:
+    # Seen with Cyrus 3.6.1 sync_client/sync_server: the primary's RENAME registers the new
+    # name at `be1!`; the replica's sync_server repeats DELETE old, RESERVE new at
+    # `be1!default`, ACTIVATE new at `be1!default`. All OK; the ACTIVATE fixes up the location.
+    old, new = b"user.old", b"user.new"
+    index = MailboxIndex([MailboxEntry(old, EntryState.ACTIVE, L, ACL)])
+    for location in (b"be1!", b"be1!default"):
+        assert not isinstance(run(index, Delete(b"X", old)), Refuse)
+        assert not isinstance(run(index, Reserve(b"X", new, location)), Refuse)
+        assert not isinstance(run(index, Activate(b"X", new, location, ACL)), Refuse)
+        assert index.get(new) == MailboxEntry(new, EntryState.ACTIVE, location, ACL)
     assert old not in index
 
 
