@@ -86,6 +86,7 @@ VOCABULARY: Final = frozenset(
         "servername",  # our own servername (the config key)
         "path",  # a file or directory
         "endpoint",  # listening endpoints
+        "pid",  # a child process (cyr_dbtool)
     }
 )
 

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
+from mupdate.config.cyrus_store_settings import (
+    CyrusStoreSettings,
+    cyrus_store_settings,
+    kick_socket_path,
+)
 from mupdate.config.imapdconf import ConfigRecord
 from mupdate.config.log_settings import LogSettings, log_settings
 from mupdate.config.tls_settings import (
@@ -302,6 +307,9 @@ class SlaveSettings(ServerSettings):
     brake_release: bool = False
     database: Path | None = None
     client_tls: ClientTls = field(default_factory=ClientTls)  # the link to the master
+    cyrus_store: CyrusStoreSettings | None = None  # None: the copy is our SQLite file
+    kick_socket: Path | None = None  # Cyrus's mupdate.target (§9.6)
+    kick_timeout: float = 10.0
 
     @property
     def database_path(self) -> Path:
@@ -405,6 +413,10 @@ def slave_settings(
     if "mupdate_slave_database" in values:
         fields["database"] = Path(values["mupdate_slave_database"].value)
     fields["client_tls"] = client_tls(values)  # mupdate_starttls, tls_server_ca_file, ...
+    fields["cyrus_store"] = cyrus_store_settings(values, parse_duration)
+    fields["kick_socket"] = kick_socket_path(values, fields["cyrus_store"])  # type: ignore[arg-type]
+    if "mupdate_kick_timeout" in values:
+        fields["kick_timeout"] = parse_duration(values["mupdate_kick_timeout"])
     fields.update(overrides or {})
     settings = SlaveSettings(**fields)  # type: ignore[arg-type]  # fields are checked above
     if not settings.authname:

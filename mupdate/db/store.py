@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from mupdate.model import MailboxEntry, Tombstone
 
@@ -82,3 +82,12 @@ class MailboxStore(Protocol):
 def change_name(change: PutEntry | RemoveEntry) -> bytes:
     """The mailbox a put or a removal is about."""
     return change.entry.name if isinstance(change, PutEntry) else change.name
+
+
+@runtime_checkable
+class KeepsLocalRecords(Protocol):
+    """A store that itself refuses to touch records it finds local (Cyrus's mailboxes.db)."""
+
+    def drain_kept(self) -> list[MailboxEntry]:
+        """Local records that changes asked to touch and that were kept, since last asked."""
+        ...

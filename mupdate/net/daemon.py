@@ -28,6 +28,7 @@ from mupdate import __version__
 from mupdate.config.settings import ServerSettings
 from mupdate.db.lock import DirectoryLock
 from mupdate.db.sqlite import SqliteStore
+from mupdate.db.store import MailboxStore
 from mupdate.metrics import Metrics, ProcessCollector
 from mupdate.net.server import MupdateServerFactory
 from mupdate.net.status_http import StatusSource, status_site
@@ -64,7 +65,14 @@ class PasswordChecker:
 
 
 class StoreDaemon(MultiService):
-    def __init__(self, settings: ServerSettings, reactor: Any, database: Path, name: str) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        reactor: Any,
+        database: Path,
+        name: str,
+        store: Callable[[], MailboxStore] | None = None,
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
@@ -73,7 +81,7 @@ class StoreDaemon(MultiService):
         self.lock.acquire()
         self.store_pool = ThreadPool(minthreads=1, maxthreads=1, name=f"{name}-store")
         self.auth_pool = ThreadPool(minthreads=1, maxthreads=2, name=f"{name}-auth")
-        self.store = SqliteStore(database)
+        self.store: MailboxStore = store() if store is not None else SqliteStore(database)
         self.checker = PasswordChecker(
             CredentialsFile(settings.credentials_path), reactor, self.auth_pool
         )

@@ -21,6 +21,7 @@ from mupdate.db.index import MailboxIndex, load_index
 from mupdate.db.store import (
     Change,
     ExpireTombstones,
+    KeepsLocalRecords,
     MailboxStore,
     PutEntry,
     change_name,
@@ -94,6 +95,9 @@ class Replica:
         self.held: str | None = None  # why the brake holds the last resync; None: not held
         #: Told each applied resync's duration in seconds (metrics).
         self.observe_resync: Callable[[float], None] = lambda seconds: None
+        #: Re-read the store before each resync: others write it too (Cyrus's imapd).
+        self.reload_before_resync = False
+        self._keeps = store if isinstance(store, KeepsLocalRecords) else None
         self.committer: GroupCommitter[MailboxEntry | None] = GroupCommitter(
             store, run_blocking, self._committed, self._reload
         )
@@ -118,7 +122,24 @@ class Replica:
         self._resync_started = self._now()
 
     def resync(self, dump: list[MailboxLine | ReserveLine]) -> Deferred[ResyncPlan]:
-        """Plan, brake, apply in one transaction; errbacks with BrakeHeld when held."""
+        """Plan, brake, apply in one transaction; errbacks with BrakeHeld when held.
+
+        With ``reload_before_resync`` (Cyrus's mailboxes.db, where the backend's imapd
+        writes its own records too) the plan starts from the file as it is now.
+        """
+        if not self.reload_before_resync:
+            return self._resync(dump)
+        d = self._run_blocking(lambda: load_index(self.store))
+
+        def reloaded(index: object) -> Deferred[ResyncPlan]:
+            assert isinstance(index, MailboxIndex)
+            self.index = index
+            return self._resync(dump)
+
+        d.addCallback(reloaded)
+        return d  # type: ignore[return-value]  # fires with reloaded()'s plan
+
+    def _resync(self, dump: list[MailboxLine | ReserveLine]) -> Deferred[ResyncPlan]:
         plan = self.plan(dump)
         local = {e.name: e for e in self.index.in_order()}
         verdict = check_brake(plan, local, self.facts, self.brake)
@@ -167,6 +188,7 @@ class Replica:
                     StreamChange(_changed_name(change), old.server if old else None, _entry(change))
                 )
             self.hub.publish(published)
+            self._restore_kept("resync")
             return plan
 
         d.addCallback(applied)
@@ -234,6 +256,25 @@ class Replica:
                 for change, old in batch
             ]
         )
+        self._restore_kept("stream")
+
+    def _restore_kept(self, during: str) -> None:
+        """Records the store itself kept as local: the index follows the file, not the master."""
+        if self._keeps is None:
+            return
+        for entry in self._keeps.drain_kept():
+            said = self.index.get(entry.name)
+            self.index.apply(PutEntry(entry))
+            self.hub.publish([StreamChange(entry.name, said.server if said else None, entry)])
+            self.counters.guard_refusals += 1
+            self.counters.refused_names.add(entry.name)
+            self.log.error(
+                "kept the local record of {mailbox} in mailboxes.db during {state}: "
+                "the backend's own mailbox (master said {location})",
+                mailbox=text(entry.name),
+                state=during,
+                location=text(said.location) if said is not None else "DELETE",
+            )
 
     def _reload(self, failure: Failure) -> Deferred[None]:
         self.log.critical(

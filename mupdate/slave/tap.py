@@ -24,8 +24,12 @@ from mupdate.config import (
     read_imapd_conf,
     slave_settings,
 )
+from mupdate.config.cyrus_store_settings import CyrusStoreSettings
+from mupdate.cyrusdb.dbtool import DbTool, DbToolCommand
+from mupdate.cyrusdb.store import CyrusMailboxStore
 from mupdate.db.index import MailboxIndex
 from mupdate.db.lock import DirectoryLocked
+from mupdate.db.store import StoreError
 from mupdate.logs import use_for_twistd
 from mupdate.metrics import watch_slave
 from mupdate.net.daemon import StoreDaemon
@@ -35,6 +39,7 @@ from mupdate.slave.brake import BrakeSettings
 from mupdate.slave.disk import make_on_disk
 from mupdate.slave.guard import LocalFacts
 from mupdate.slave.heal import Healer
+from mupdate.slave.kick import KickFactory, KickSocketBusy, clear_stale_socket, listen_kick
 from mupdate.slave.replica import Replica
 from mupdate.slave.service import SlaveHandler
 from mupdate.slave.uplink import Uplink
@@ -106,12 +111,21 @@ class SlaveService(StoreDaemon):
     log = Logger()
 
     def __init__(self, settings: SlaveSettings, reactor: Any) -> None:
-        super().__init__(settings, reactor, settings.database_path, "mupdate-slave")
+        cyrus = settings.cyrus_store
+        if cyrus is None:
+            super().__init__(settings, reactor, settings.database_path, "mupdate-slave")
+        else:
+            store = cyrus_store(settings, cyrus, reactor)
+            super().__init__(settings, reactor, cyrus.database, "mupdate-slave", lambda: store)
         self.slave_settings = settings
-        index = MailboxIndex(self.store.load_entries())
+        try:
+            index = MailboxIndex(self.store.load_entries())
+        except StoreError as exc:
+            raise SystemExit(f"mupdate-slave: cannot read the copy: {exc}") from None
         on_disk = make_on_disk(path for _, path in settings.partitions)
-        # The SQLite copy keeps the master's bytes: a bare location there is a server name
-        # (a pointer elsewhere), not Cyrus's local record form.
+        # A bare location is a server name (a pointer elsewhere) in both stores: the SQLite
+        # copy keeps the master's bytes, and the Cyrus store reads a local record back at
+        # our servername.
         facts = LocalFacts(
             unified=settings.unified,
             own_servernames=settings.own_servernames,
@@ -128,6 +142,7 @@ class SlaveService(StoreDaemon):
             reactor.seconds,
             lambda: release_requested(settings.configdirectory),
         )
+        self.replica.reload_before_resync = cyrus is not None
         role = ROLE_SLAVE_PREFIX + settings.mupdate_server.encode()
         self.handler = SlaveHandler(self.replica, role, ready=len(index) > 0)
         factory = MupdateServerFactory(
@@ -148,6 +163,13 @@ class SlaveService(StoreDaemon):
             settings, self.replica, endpoint, reactor, self.healer, self.handler.mark_ready
         )
         self.uplink.service.setServiceParent(self)
+        self.kicks: KickFactory | None = None
+        if settings.kick_socket is not None:
+            try:
+                clear_stale_socket(settings.kick_socket)
+            except (KickSocketBusy, OSError) as exc:
+                raise SystemExit(f"mupdate-slave: kick socket: {exc}") from None
+            self.kicks = KickFactory(self.uplink.kick)
         watch_slave(self.metrics, factory, self.replica, self.uplink, self.healer, reactor.seconds)
         status = SlaveStatus(
             self.process_facts("slave"), factory, self.handler, self.uplink, self.healer
@@ -156,6 +178,8 @@ class SlaveService(StoreDaemon):
 
     def startService(self) -> None:
         super().startService()
+        if self.kicks is not None and self.slave_settings.kick_socket is not None:
+            self._kick_port = listen_kick(self.reactor, self.slave_settings.kick_socket, self.kicks)
         self.log.info(
             "mupdate slave {servername} ({state}) following {server}, {count} entries from {path}",
             servername=self.settings.servername,
@@ -164,6 +188,19 @@ class SlaveService(StoreDaemon):
             count=len(self.replica.index),
             path=str(self.slave_settings.database_path),
         )
+
+
+def cyrus_store(settings: SlaveSettings, cyrus: CyrusStoreSettings, reactor: Any) -> Any:
+    """Cyrus's mailboxes.db behind a long-lived ``cyr_dbtool`` child (as the Cyrus user)."""
+    try:
+        uid, gid = cyrus.run_as() or (None, None)
+    except SettingsError as exc:
+        raise SystemExit(f"mupdate-slave: {exc}") from None
+    command = DbToolCommand.batch(
+        str(cyrus.dbtool), str(cyrus.imapd_conf), str(cyrus.database), cyrus.backend, uid, gid
+    )
+    tool = DbTool(reactor, reactor, command, cyrus.timeout)
+    return CyrusMailboxStore(tool, reactor, settings.servername.encode(), cyrus.timeout)
 
 
 def makeService(options: Options) -> IService:

@@ -86,6 +86,10 @@ class Uplink:
         self._deadline: IDelayedCall | None = None
         self._ping_interval = settings.retry_delay if settings.retry_delay >= 1 else 1.0
         self._policy = retry_policy(settings.retry_delay, settings.retry_max, jitter)
+        self._protocol: MupdateClientProtocol | None = None  # while streaming
+        self._kick_waiters: list[Deferred[bool]] = []
+        self._kick_in_flight = False
+        self.kick_round_trips = 0
         self.login_timeout = max(10.0, settings.retry_delay)
         self.dump_timeout = max(120.0, 10 * settings.retry_delay)
         self.service = ClientService(
@@ -176,7 +180,9 @@ class Uplink:
         self.failures = 0
         self.connected = True
         self.connections += 1
+        self._protocol = protocol
         self._schedule_ping(protocol)
+        self._kick_round_trip()  # kicks that waited for the master
         protocol.closed.addBoth(self._lost)  # cancels the ping if the master has gone already
         self.on_synced()
         if self.healer is not None and plan.heal:
@@ -205,6 +211,7 @@ class Uplink:
 
     def _lost(self, _: object) -> None:
         self.connected = False
+        self._protocol = None
         self._cancel_ping()
         self.log.warn(
             "lost the connection to master {server}; resync on reconnect",
@@ -259,3 +266,40 @@ class Uplink:
             if call is not None and call.active():
                 call.cancel()
         self._ping_call = self._deadline = None
+
+    # -- kicks (§9.6) ------------------------------------------------------------------
+
+    def kick(self) -> Deferred[bool]:
+        """Fires True once a NOOP sent after this call was answered and every change that
+        came before its OK is in the store; False after ``mupdate_kick_timeout``."""
+        d: Deferred[bool] = Deferred()
+        d.addTimeout(self.settings.kick_timeout, self.clock, onTimeoutCancel=lambda *_: False)
+        self._kick_waiters.append(d)
+        self._kick_round_trip()
+        return d
+
+    def _kick_round_trip(self) -> None:
+        protocol = self._protocol
+        if self._kick_in_flight or protocol is None or not self.connected:
+            return
+        waiters = [d for d in self._kick_waiters if not d.called]
+        self._kick_waiters = []
+        if not waiters:
+            return
+        self._kick_in_flight = True
+        self.kick_round_trips += 1
+        d = protocol.noop(prefix=b"N")
+        d.addCallback(lambda _: self.replica.committer.barrier())
+
+        def done(result: object) -> None:
+            self._kick_in_flight = False
+            if isinstance(result, Failure):
+                # The master went away: the kicks wait for the next session (or time out).
+                self._kick_waiters = waiters + self._kick_waiters
+            else:
+                for waiter in waiters:
+                    if not waiter.called:
+                        waiter.callback(True)
+            self._kick_round_trip()
+
+        d.addBoth(done)

@@ -32,9 +32,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
-from mupdate.db.order import DOMAIN_SEP, HIER_SEP
+from mupdate.cyrusdb.dlist import KvList, parse_dlist
+from mupdate.cyrusdb.records import CyrusRecord, dbname_to_name, record_from_dlist
 from mupdate.model import EntryState, MailboxEntry, server_of
 from mupdate.tools.pushplan import LocalMailbox
 
@@ -48,121 +49,7 @@ class SourceError(Exception):
     """The local list cannot be read or makes no sense; one line for the operator."""
 
 
-# -- Cyrus dlist (the value format of mailboxes.db records and 3.6 headers) -------------
-
-
-@dataclass(frozen=True, slots=True)
-class KvList:
-    """``%(key value ...)``: pairs in their stored order."""
-
-    items: tuple[tuple[bytes, Value], ...]
-
-    def get(self, key: bytes) -> Value:
-        for k, v in self.items:
-            if k == key:
-                return v
-        return None
-
-
-Value: TypeAlias = "bytes | list[Value] | KvList | None"
-
-
-def _atom_end(data: bytes, pos: int) -> int:
-    end = pos
-    while end < len(data) and data[end] not in b" )\r\n\t":
-        end += 1
-    return end
-
-
-def _item(data: bytes, pos: int) -> tuple[bytes | None, int]:
-    """An atom, ``"quoted"`` (backslash quotes the next byte), ``{n}``/``{n+}`` CRLF literal,
-    or ``NIL`` (None); as Cyrus's ``_parseitem``."""
-    if pos >= len(data):
-        raise ValueError("value ends early")
-    first = data[pos]
-    if first == ord('"'):
-        out = bytearray()
-        pos += 1
-        while pos < len(data):
-            c = data[pos]
-            if c == ord('"'):
-                return bytes(out), pos + 1
-            if c == ord("\\"):
-                pos += 1
-                if pos >= len(data):
-                    break
-            out.append(data[pos])
-            pos += 1
-        raise ValueError("unterminated quoted string")
-    if first == ord("{"):
-        close = data.find(b"}", pos)
-        digits = data[pos + 1 : close].removesuffix(b"+")
-        if close < 0 or not digits.isdigit() or data[close + 1 : close + 3] != b"\r\n":
-            raise ValueError(f"bad literal at byte {pos}")
-        start = close + 3
-        end = start + int(digits)
-        if end > len(data):
-            raise ValueError("literal runs past the end")
-        return data[start:end], end
-    end = _atom_end(data, pos)
-    atom = data[pos:end]
-    return (None if atom == b"NIL" else atom), end
-
-
-def parse_dlist(data: bytes, pos: int = 0) -> tuple[Value, int]:
-    """One dlist value at ``pos``; returns it and the position after it."""
-    if data.startswith(b"%(", pos) or data.startswith(b"(", pos):
-        kv = data[pos] == ord("%")
-        pos += 2 if kv else 1
-        pairs: list[tuple[bytes, Value]] = []
-        values: list[Value] = []
-        while True:
-            if pos >= len(data):
-                raise ValueError("list not closed")
-            if data[pos] == ord(")"):
-                pos += 1
-                break
-            if kv:
-                key, pos = _item(data, pos)
-                if key is None or pos >= len(data) or data[pos] != ord(" "):
-                    raise ValueError(f"bad key at byte {pos}")
-                value, pos = parse_dlist(data, pos + 1)
-                pairs.append((key, value))
-            else:
-                value, pos = parse_dlist(data, pos)
-                values.append(value)
-            if pos < len(data) and data[pos] == ord(" "):
-                pos += 1
-        return (KvList(tuple(pairs)) if kv else values), pos
-    return _item(data, pos)
-
-
-def acl_from_dlist(value: Value) -> bytes:
-    """``%(id rights ...)`` -> ``id TAB rights TAB`` ... (§11.3); absent or NIL -> b""."""
-    if value is None:
-        return b""
-    if not isinstance(value, KvList):
-        raise ValueError("the ACL is not a key-value list")
-    out = bytearray()
-    for who, rights in value.items:
-        if not isinstance(rights, bytes):
-            raise ValueError(f"the rights of {who!r} are not a string")
-        out += who + b"\t" + rights + b"\t"
-    return bytes(out)
-
-
 # -- records and the local-mailbox filter -----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CyrusRecord:
-    """What a source says about one name, before filtering."""
-
-    name: bytes
-    mbtype: str
-    partition: bytes | None
-    server: bytes | None
-    acl: bytes
 
 
 @dataclass(frozen=True)
@@ -197,36 +84,6 @@ def select_local(records: Iterable[CyrusRecord], source: str) -> LocalList:
     return LocalList(list(kept.values()), skipped, source)
 
 
-def dbname_to_name(dbname: bytes) -> bytes:
-    """Inverse of ``mupdate.db.order.mailbox_key`` (§7.8)."""
-    domain, sep, rest = dbname.partition(DOMAIN_SEP)
-    if not sep:
-        domain, rest = b"", domain
-    rest = rest.replace(b".", b"^").replace(HIER_SEP, b".")
-    return domain + b"!" + rest if sep else rest
-
-
-def _record_from_dlist(name: bytes, value: Value, where: str) -> CyrusRecord:
-    if not isinstance(value, KvList):
-        raise ValueError(f"{where}: the value is not a key-value list")
-    mbtype = value.get(b"T")
-    partition = value.get(b"P")
-    server = value.get(b"S")
-    for what, v in (("T", mbtype), ("P", partition), ("S", server)):
-        if v is not None and not isinstance(v, bytes):
-            raise ValueError(f"{where}: field {what} is not a string")
-    assert mbtype is None or isinstance(mbtype, bytes)
-    assert partition is None or isinstance(partition, bytes)
-    assert server is None or isinstance(server, bytes)
-    return CyrusRecord(
-        name,
-        (mbtype or b"").decode("ascii", "replace"),
-        partition,
-        server or None,
-        acl_from_dlist(value.get(b"A")),
-    )
-
-
 def parse_dbtool_show(data: bytes) -> Iterator[CyrusRecord]:
     """Records of ``cyr_dbtool ... twoskip show`` output; only ``N`` (by-name) keys.
 
@@ -255,7 +112,7 @@ def parse_dbtool_show(data: bytes) -> Iterator[CyrusRecord]:
         line += 1
         if key.startswith(b"N"):
             try:
-                yield _record_from_dlist(dbname_to_name(key[1:]), value, f"record {key!r}")
+                yield record_from_dlist(dbname_to_name(key[1:]), value, f"record {key!r}")
             except ValueError as exc:
                 raise SourceError(f"cyr_dbtool output: {exc}") from None
 
@@ -415,7 +272,7 @@ def parse_header(data: bytes, relative: Path, partition: bytes) -> CyrusRecord:
             raise ValueError("3.6 header without a name")
         name = value.get(b"N")
         assert isinstance(name, bytes)
-        record = _record_from_dlist(name, value, "header")
+        record = record_from_dlist(name, value, "header")
         return CyrusRecord(record.name, record.mbtype, partition, None, record.acl)
     if len(lines) < 6:
         raise ValueError("pre-3.6 header too short")

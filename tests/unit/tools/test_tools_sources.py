@@ -17,19 +17,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mupdate.cyrusdb.dlist import KvList, acl_from_dlist, parse_dlist
+from mupdate.cyrusdb.records import dbname_to_name
 from mupdate.db.order import mailbox_key
 from mupdate.db.sqlite import SqliteStore
 from mupdate.model import EntryState, MailboxEntry
 from mupdate.tools.pushplan import LocalMailbox
 from mupdate.tools.sources import (
     HEADER_MAGIC,
-    KvList,
     SourceError,
-    acl_from_dlist,
-    dbname_to_name,
     local_from_entries,
     parse_dbtool_show,
-    parse_dlist,
     parse_header,
     read_cyrus_db,
     read_dump,
