@@ -461,13 +461,15 @@ def test_3_renames_and_deletes_repeated_by_replica(pair: Pair) -> None:
             ("ACL removal", [["deleteacl", "user.pat", "bob"]]),
             # several changes in one pass, as rolling replication merges them: the replica
             # never had user.pat.Tmp, so it creates user.pat.Notes (RESERVE at
-            # `server!default`) where the primary's RENAME registered `server!` (§10.2)
+            # `server!default`) where the primary's RENAME registered `server!` (§10.2). (A
+            # SETACL of user.pat.Notes on the primary would have re-registered it at
+            # `server!default` first.)
             (
                 "batched create, rename and ACL change",
                 [
                     ["create", "user.pat.Tmp"],
                     ["rename", "user.pat.Tmp", "user.pat.Notes"],
-                    ["setacl", "user.pat.Notes", "bob", "lr"],
+                    ["setacl", "user.pat.Sent", "carol", "lrs"],
                 ],
             ),
             ("user delete", [["xdelete", "user.quinn"]]),
