@@ -374,7 +374,9 @@ async def propagation(port: int, writes: int, interval: float, noop: float, run:
     }
 
 
-def _fanout_child(port: int, count: int, attach_timeout: float, pipe: Connection) -> None:
+def _fanout_child(
+    port: int, count: int, attach_timeout: float, marker: bytes, pipe: Connection
+) -> None:
     """In a process of its own: attach ``count`` streams, read them, report on request."""
 
     async def main() -> None:
@@ -392,7 +394,9 @@ def _fanout_child(port: int, count: int, attach_timeout: float, pipe: Connection
                     failures.append("deadline")
                     return
                 try:
-                    streams.append(await Stream.attach(port, min(left, 10.0)))
+                    stream = await Stream.attach(port, min(left, 10.0))
+                    stream.marker = marker
+                    streams.append(stream)
                 except (OSError, TimeoutError, RuntimeError) as e:
                     failures.append(type(e).__name__)
 
@@ -409,9 +413,7 @@ def _fanout_child(port: int, count: int, attach_timeout: float, pipe: Connection
             request: dict[str, Any] = await loop.run_in_executor(None, pipe.recv)
             if request["op"] == "close":
                 break
-            marker, wait = request["marker"], request["wait"]
-            for s in streams:
-                s.marker = marker
+            wait = request["wait"]
             t0 = time.monotonic()
             while time.monotonic() - t0 < wait and any(
                 s.marker_at is None and not s.closed for s in streams
@@ -438,7 +440,8 @@ async def fanout(
     then whether every stream got the last change."""
     ctx = multiprocessing.get_context("fork")
     here, there = ctx.Pipe()
-    child = ctx.Process(target=_fanout_child, args=(port, streams, attach_timeout, there))
+    marker = b"user.fanmark%s" % run.encode()
+    child = ctx.Process(target=_fanout_child, args=(port, streams, attach_timeout, marker, there))
     child.start()
     loop = asyncio.get_running_loop()
     conns: list[Conn] = []
@@ -464,9 +467,8 @@ async def fanout(
             )
         )
         elapsed = time.perf_counter() - started
-        marker = b"user.fanmark%s" % run.encode()
         await conns[0].command(b'ACTIVATE "' + marker + b'" "be1!default" "u\tlrs\t"')
-        here.send({"op": "marker", "marker": marker, "wait": 20.0})
+        here.send({"op": "wait", "wait": 20.0})
         done = await _recv(loop, here, 60)
         out.update(
             ops_per_s=round(cycles * writers * 3 / elapsed, 1),

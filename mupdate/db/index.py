@@ -9,6 +9,10 @@ a stable order while the index changes under it.
 
 Sorting compares ``sort_key`` tuples only while some name holds a 0x1D or 0x1F byte (where
 Cyrus keys collide); otherwise the plain ``mailbox_key`` gives the same order, twice as fast.
+Locations (a few backends) and ACLs (often the same for all of a user's folders) repeat a
+lot, so each distinct value is kept once: an entry whose location or ACL equals a known one
+is stored with the shared bytes (about 100 bytes less per entry). The table of known values
+is dropped when it outgrows the index, so values no longer used cannot pile up.
 Imports nothing from Twisted.
 """
 
@@ -35,7 +39,10 @@ class MailboxIndex:
     def __init__(
         self, entries: Iterable[MailboxEntry] = (), tombstones: Iterable[Tombstone] = ()
     ) -> None:
-        self._entries: dict[bytes, MailboxEntry] = {entry.name: entry for entry in entries}
+        self._shared: dict[bytes, bytes] = {}
+        self._entries: dict[bytes, MailboxEntry] = {}
+        for entry in entries:
+            self._entries[entry.name] = self._slim(entry)
         self._tombstones: dict[bytes, Tombstone] = {t.name: t for t in tombstones}
         for name in self._entries:
             self._tombstones.pop(name, None)
@@ -60,8 +67,20 @@ class MailboxIndex:
     def get(self, name: bytes) -> MailboxEntry | None:
         return self._entries.get(name)
 
+    def _slim(self, entry: MailboxEntry) -> MailboxEntry:
+        """``entry``, or an equal one whose location and ACL are shared with other entries."""
+        shared = self._shared
+        if len(shared) > 2 * len(self._entries) + 1024:
+            shared.clear()
+        location = shared.setdefault(entry.location, entry.location)
+        acl = shared.setdefault(entry.acl, entry.acl)
+        if location is entry.location and acl is entry.acl:
+            return entry
+        return MailboxEntry(entry.name, entry.state, location, acl)
+
     def put(self, entry: MailboxEntry) -> None:
         """Insert or replace ``entry`` and drop its name's tombstone, as ``PutEntry`` does."""
+        entry = self._slim(entry)
         name = entry.name
         if name not in self._entries:
             if _odd(name):

@@ -79,7 +79,7 @@ class MasterHandler:
     ) -> None:
         self.index = index
         self.authority: Mapping[str, frozenset[str]] = authority or {}
-        self.hub = StreamHub()
+        self.hub = StreamHub(clock)
         self.clock = clock
         self.refusals: Counter[str] = Counter()  # writes answered NO: "authority", "rules"
         self.tombstone_window = tombstone_window
@@ -94,6 +94,7 @@ class MasterHandler:
     def handle(self, command: Command, session: MupdateServerProtocol) -> Reply | Deferred[Reply]:
         match command:
             case Noop():
+                self.hub.flush()  # lines held for a batch leave before this OK (§8.3)
                 return [Done(command.tag, Status.OK, texts.NOOP_DONE)]
             case Find():
                 entry = self.index.get(command.name)

@@ -148,6 +148,11 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         transport = self.transport
         assert transport is not None
         self.peer = address(transport.getPeer())
+        # Replies and stream lines are small and latency-bound: without TCP_NODELAY, Nagle
+        # holds a stream line until the slave's delayed ACK (up to 40 ms on Linux).
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self.output = OutputQueue(
             transport, self.settings.stream_buffer_max, self._overflow, self._pump
         )

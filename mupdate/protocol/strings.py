@@ -185,6 +185,26 @@ def _tagged(tag: bytes, word: bytes, *strings: bytes) -> bytes:
     return b" ".join([tag, word, *(render_string(s) for s in strings)]) + CRLF
 
 
+_PLAIN_DELETE: Final = b'"\\\r\n\0'  # bytes that keep a value from going out as "value" verbatim
+
+
+def render_entry(tag: bytes, word: bytes, name: bytes, location: bytes, acl: bytes | None) -> bytes:
+    """``render_response`` of a MAILBOX (``acl`` given) or RESERVE line, faster for dumps.
+
+    The same bytes: when name, location and ACL need neither escaping nor a literal (the
+    usual case), they are quoted as they are in one format step; otherwise the general path
+    renders the line. The caller checks ``tag`` once with ``is_word``.
+    """
+    joined = name + location if acl is None else name + location + acl
+    if len(joined) <= MAX_QUOTED and len(joined.translate(None, _PLAIN_DELETE)) == len(joined):
+        if acl is None:
+            return b'%s %s "%s" "%s"\r\n' % (tag, word, name, location)
+        return b'%s %s "%s" "%s" "%s"\r\n' % (tag, word, name, location, acl)
+    if acl is None:
+        return _tagged(tag, word, name, location)
+    return _tagged(tag, word, name, location, acl)
+
+
 def _status_text(event: Done) -> bytes:
     if event.quoted:
         return render_string(event.text)
