@@ -100,6 +100,9 @@ class CyrusMailboxStore:
         self.records_written = 0
         self.records_deleted = 0
         self.local_kept = 0
+        #: Names whose record was local when last read or kept: Cyrus's own test of
+        #: locality, for the guard and the healer (replaced whole by each load).
+        self.local_names: frozenset[bytes] = frozenset()
 
     # -- MailboxStore ------------------------------------------------------------------
 
@@ -144,7 +147,13 @@ class CyrusMailboxStore:
             found = self._call(lambda: self._tool.read_all(NAME_PREFIX))
         else:  # at start-up, before the reactor runs: a one-shot child
             found = read_once(self._tool.command, NAME_PREFIX, self._timeout)
-        return [parse_record(key, value) for key, value in found if key.startswith(NAME_PREFIX)]
+        records = [parse_record(k, v) for k, v in found if k.startswith(NAME_PREFIX)]
+        self.local_names = frozenset(r.name for r in records if r.is_local)
+        return records
+
+    def is_local(self, name: bytes) -> bool:
+        """The last read of ``name``'s record found it local (no server)."""
+        return name in self.local_names
 
     def drain_kept(self) -> list[MailboxEntry]:
         """Local records a change asked to touch and that were left as they are, since the
@@ -190,6 +199,9 @@ class CyrusMailboxStore:
             self.local_kept += len(kept)
             with self._kept_lock:
                 self._kept.extend(kept)
+            fresh = {r.name for r in kept if r.is_local}
+            if fresh - self.local_names:
+                self.local_names = self.local_names | fresh
             return b"".join(commands)
 
         return self._tool.transaction(keys, decide)

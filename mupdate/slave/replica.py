@@ -264,6 +264,8 @@ class Replica:
             return
         for entry in self._keeps.drain_kept():
             said = self.index.get(entry.name)
+            if said == entry:
+                continue  # the master echoed the local record as it is: nothing was refused
             self.index.apply(PutEntry(entry))
             self.hub.publish([StreamChange(entry.name, said.server if said else None, entry)])
             self.counters.guard_refusals += 1

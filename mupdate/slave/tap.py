@@ -8,6 +8,7 @@ A slave needs a config file: at least ``mupdate_server`` (the master) and
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,9 @@ class SlaveService(StoreDaemon):
         except StoreError as exc:
             raise SystemExit(f"mupdate-slave: cannot read the copy: {exc}") from None
         on_disk = make_on_disk(path for _, path in settings.partitions)
+        if isinstance(self.store, CyrusMailboxStore):
+            # Cyrus's own test first: a record without a server in its mailboxes.db.
+            on_disk = _either(self.store.is_local, on_disk)
         # A bare location is a server name (a pointer elsewhere) in both stores: the SQLite
         # copy keeps the master's bytes, and the Cyrus store reads a local record back at
         # our servername.
@@ -186,8 +190,14 @@ class SlaveService(StoreDaemon):
             state=self.slave_settings.murder_mode,
             server=self.slave_settings.mupdate_server,
             count=len(self.replica.index),
-            path=str(self.slave_settings.database_path),
+            path=str(self.database),
         )
+
+
+def _either(
+    first: Callable[[bytes], bool], then: Callable[[bytes], bool]
+) -> Callable[[bytes], bool]:
+    return lambda name: first(name) or then(name)
 
 
 def cyrus_store(settings: SlaveSettings, cyrus: CyrusStoreSettings, reactor: Any) -> Any:
