@@ -23,7 +23,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
@@ -43,6 +43,10 @@ T = TypeVar("T")
 
 class DbToolError(StoreError):
     """cyr_dbtool failed, died, or did not answer; nothing of the transaction was kept."""
+
+
+class ChildEnded(DbToolError):
+    """The child ended while an exchange waited for its answer."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class DbTool:
         self._busy = False
         self.spawned = 0  # children started so far (status, tests)
         self.stopping = False
+        self._discarded: set[_Child] = set()  # killed and forgotten, not yet reaped
 
     @property
     def command(self) -> DbToolCommand:
@@ -183,7 +188,7 @@ class DbTool:
 
     async def _transaction(self, keys: Sequence[bytes], decide: Decide) -> None:
         looks = b"".join(batch.get(key) for key in keys)
-        found = await self._exchange(batch.begin() + looks + _probe())
+        found = await self._first_exchange(batch.begin() + looks + _probe())
         try:
             writes = decide(dict(found))
         except BaseException:
@@ -197,7 +202,19 @@ class DbTool:
             await self._exchange(batch.abort() + _probe_aborted())
 
     async def _read(self, prefix: bytes) -> Records:
-        return await self._exchange(batch.show(prefix) + _probe_aborted())
+        return await self._first_exchange(batch.show(prefix) + _probe_aborted())
+
+    async def _first_exchange(self, commands: bytes) -> Records:
+        """A job's first exchange, which writes nothing: once more on a new child when the
+        child ended under it. A child that died while idle (killed, say) may be noticed
+        only after the next job wrote to it; that job must not fail for it."""
+        try:
+            return await self._exchange(commands)
+        except ChildEnded:
+            if self.stopping:
+                raise
+            self._ensure_child()
+            return await self._exchange(commands)
 
     # -- the exchange ------------------------------------------------------------------
 
@@ -217,7 +234,9 @@ class DbTool:
                 "cyr_dbtool did not answer within {duration_ms} ms; killing it",
                 duration_ms=int(timeout * 1000),
             )
-            self._kill()
+            if self._waiting is waiting:
+                self._waiting = None
+            self._discard()
             raise DbToolError(f"cyr_dbtool did not answer within {timeout:g} s")
 
         waiting.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
@@ -238,17 +257,20 @@ class DbTool:
                 self._collected.append((key, value))
 
     def _child_failed(self, child: _Child, reason: str) -> None:
+        if child is not self._child:
+            return  # one we already gave up on
         self.log.error("{reason}; stopping the child", reason=reason)
         self._fail(DbToolError(reason))
-        self._kill()
+        self._discard()
 
     def _ended(self, child: _Child, reason: str) -> None:
-        if child is self._child:
-            self._child = None
-            self._transport = None
+        if child is not self._child:
+            return  # given up on earlier (killed after a timeout or garbage): not news
+        self._child = None
+        self._transport = None
         if self._waiting is not None:
             self.log.error("{reason}", reason=reason)
-            self._fail(DbToolError(reason))
+            self._fail(ChildEnded(reason))
         elif not self.stopping:
             self.log.warn("{reason}; a new one starts with the next transaction", reason=reason)
 
@@ -281,8 +303,26 @@ class DbTool:
         self.log.info(
             "started cyr_dbtool (pid {pid}) on {path}",
             pid=self._transport.pid,
-            path=argv[-3],
+            path=argv[-3] if len(argv) >= 3 else argv[0],  # the database, in batch() argv
         )
+
+    def _discard(self) -> None:
+        """Kill the child and forget it, so the next job starts a new one at once.
+
+        A child given up on may still be alive for a moment (the signal is asynchronous);
+        a job that reused it would have its exchange failed by that child's end.
+        """
+        child = self._child
+        if child is not None and child.alive:
+            self._discarded.add(child)
+
+            def reaped(_: object) -> None:
+                self._discarded.discard(child)
+
+            child.ended.addBoth(reaped)
+        self._kill()
+        self._child = None
+        self._transport = None
 
     def _kill(self) -> None:
         if self._transport is not None and self._child is not None and self._child.alive:
@@ -292,16 +332,14 @@ class DbTool:
     def stop(self) -> Deferred[None]:
         """Close the child's input (it exits after its last command); fires when it is gone."""
         self.stopping = True
+        gone = [c.ended for c in self._discarded if c.alive]  # killed already, ending
         child = self._child
-        if child is None or not child.alive:
-            d: Deferred[None] = Deferred()
-            d.callback(None)
-            return d
-        self._transport.closeStdin()
-        ended = child.ended
-        call = self._clock.callLater(self._timeout, self._kill)
-        ended.addBoth(lambda r: call.cancel() if call.active() else None)
-        return ended
+        if child is not None and child.alive:
+            self._transport.closeStdin()
+            call = self._clock.callLater(self._timeout, self._kill)
+            child.ended.addBoth(lambda r: call.cancel() if call.active() else None)
+            gone.append(child.ended)
+        return gatherResults(gone).addCallback(lambda _: None)
 
 
 def _probe() -> bytes:
