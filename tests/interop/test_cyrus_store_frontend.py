@@ -221,3 +221,37 @@ def test_a_killed_cyr_dbtool_is_replaced_and_leaves_the_file_consistent(topo: To
     wait_until(lambda: "user.after-kill" in topo.fe_names(), 30, "a change after the kill")
     assert consistent(topo.fe) == "Yes, consistent"
     assert "cyr_dbtool" in topo.slave.log_tail(400)
+
+
+def test_following_a_cyrus_master_the_frontend_routes_and_kicks(topo: Topo) -> None:
+    """Once with Cyrus's own master: its stream waits for a NOOP, which the kick sends."""
+    murder = topo.murder
+    cm = murder.master("cm", servername="cyrus-master")
+    port = murder.free_port()
+    be3 = murder.backend(
+        "be3", servername=f"127.0.0.1:{port}", imap_port=port, mupdate=cm.mupdate_addr
+    )
+    fe3 = murder.frontend(
+        "fe3",
+        mupdate=cm.mupdate_addr,
+        imap_port=murder.free_port(),
+        extra=["--serverlist", f"127.0.0.1:{port}"],
+    )
+    switch_off_cyrus_slave(murder, fe3)
+    murder.imap(be3, ["create", "user.cy1"], ["setacl", "user.cy1", "admin", FULL])
+    slave = our_slave_on(
+        fe3, murder.base_dir / "our-slave-cm", master_address=cm.mupdate_addr, servername="fe3"
+    )
+    try:
+        slave.start(timeout=30.0)
+        wait_until(lambda: b"Nuser\x1fcy1" in db_records(fe3), 30, "user.cy1 in fe3's mailboxes.db")
+        assert topo.murder.imap(fe3, ["select", "user.cy1"]).ok
+        created = murder.imap(fe3, ["create", "user.cy2"], ["list", "user.cy2"])
+        assert '  (\\HasNoChildren) "." user.cy2' in created.output.splitlines(), created.output
+        record = db_records(fe3)[b"Nuser\x1fcy2"]
+        assert without_mtime(record) == (
+            f"%(T er P default S 127.0.0.1:{port} M * A %(cy2 {FULL}))".encode()
+        ), record
+    finally:
+        slave.stop()
+        murder.stop(fe3, be3, cm)
