@@ -44,6 +44,10 @@ SAMPLES = {
     "mupdate-replication-pair.conf": "mupdate-master",
     "mupdate-slave-frontend.conf": "mupdate-slave",
     "mupdate-slave-unified.conf": "mupdate-slave",
+    # Cyrus's mailboxes.db store: these read Cyrus's /etc/imapd.conf (installed with Cyrus);
+    # tests/interop/test_cyrus_store_samples.py starts them next to real Cyrus nodes.
+    "mupdate-slave-cyrus-frontend.conf": "mupdate-slave",
+    "mupdate-slave-cyrus-unified.conf": "mupdate-slave",
 }
 _ENDPOINT = re.compile(r"^(?P<kind>tcp6?|ssl):(?P<port>\d+)(?P<rest>(?::[^\s]*)?)$")
 _RECORD = re.compile(r"^(?P<key>[A-Za-z0-9_.-]+)(?P<sep>\s*:\s*)(?P<value>.*)$")
