@@ -11,10 +11,14 @@ the open transaction and ends the process. Pure: imports nothing from Twisted.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 MAX_LITERAL: Final = 64 * 1024 * 1024
 """A record longer than this in the tool's output is taken for garbage, not buffered."""
+
+
+_ATOM: Final = re.compile(rb"[^ \n]*")
 
 
 class BatchOutputError(ValueError):
@@ -135,11 +139,11 @@ class OutputParser:
                 out.append(buf[i])
                 i += 1
             return None
-        end = pos
-        while end < len(buf) and buf[end] not in (0x20, 0x0A):
-            end += 1
+        match = _ATOM.match(buf, pos)
+        assert match is not None  # the pattern also matches the empty string
+        end = match.end()
         if end >= len(buf):
             return None
         if end == pos:
             raise BatchOutputError("an empty atom")
-        return bytes(buf[pos:end]), end
+        return match.group(), end

@@ -26,12 +26,11 @@ from twisted.python.failure import Failure
 
 from mupdate.cyrusdb import batch
 from mupdate.cyrusdb.dbtool import DbTool, DbToolCommand
-from mupdate.cyrusdb.dlist import parse_value
 from mupdate.cyrusdb.records import (
     NAME_PREFIX,
     CyrusRecord,
     dbname_to_name,
-    record_from_dlist,
+    parse_record_value,
     record_key,
     remote_value,
 )
@@ -73,7 +72,7 @@ def read_once(command: DbToolCommand, prefix: bytes, timeout: float) -> list[tup
 def parse_record(key: bytes, value: bytes) -> CyrusRecord:
     """A by-name record from the tool's output; ``StoreError`` when it makes no sense."""
     try:
-        return record_from_dlist(dbname_to_name(key[1:]), parse_value(value), repr(key))
+        return parse_record_value(dbname_to_name(key[1:]), value)
     except ValueError as exc:
         raise StoreError(f"mailboxes.db record {key!r} is unreadable: {exc}") from None
 
@@ -103,6 +102,7 @@ class CyrusMailboxStore:
         #: Names whose record was local when last read or kept: Cyrus's own test of
         #: locality, for the guard and the healer (replaced whole by each load).
         self.local_names: frozenset[bytes] = frozenset()
+        self._seen: dict[bytes, tuple[bytes, CyrusRecord]] = {}
 
     # -- MailboxStore ------------------------------------------------------------------
 
@@ -147,7 +147,18 @@ class CyrusMailboxStore:
             found = self._call(lambda: self._tool.read_all(NAME_PREFIX))
         else:  # at start-up, before the reactor runs: a one-shot child
             found = read_once(self._tool.command, NAME_PREFIX, self._timeout)
-        records = [parse_record(k, v) for k, v in found if k.startswith(NAME_PREFIX)]
+        # Most records are as they were at the last read: reuse what they parsed to.
+        seen, self._seen = self._seen, {}
+        records = []
+        for key, value in found:
+            if not key.startswith(NAME_PREFIX):
+                continue
+            known = seen.get(key)
+            record = known[1] if known is not None and known[0] == value else None
+            if record is None:
+                record = parse_record(key, value)
+            self._seen[key] = (value, record)
+            records.append(record)
         self.local_names = frozenset(r.name for r in records if r.is_local)
         return records
 

@@ -5,8 +5,8 @@ Only Cyrus's "legacy" spool layout with ``hashimapspool: no`` is understood: a m
 directory is its internal name with ``.`` turned into ``/``; a ``^`` (an IMAP dot, §11.1) stays
 ``^`` on disk (seen on Cyrus 3.6 with ``mailbox_legacy_dirs: yes``),
 under ``domain/<domain>/`` for a ``domain!name``. Cyrus 3.6's default uuid layout
-(``mailbox_legacy_dirs: no``) hides names behind uniqueids; reading Cyrus's own
-mailboxes.db for that is a later issue, and with that layout ``on_disk`` answers False.
+(``mailbox_legacy_dirs: no``) hides names behind uniqueids: there ``on_disk`` answers False,
+and with ``mupdate_slave_store: cyrus`` Cyrus's own records (no server) say what is local.
 
 A name that could escape the partition (``/``, NUL, an empty, ``.`` or ``..`` path part)
 has no header path; a header reached through a symlink out of the partition is not ours.
