@@ -10,6 +10,7 @@ Pure: imports nothing from Twisted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -17,21 +18,21 @@ from typing import Final, TypeAlias
 MAX_QUOTED: Final = 1024
 """Strings this long or longer are always literals (Cyrus's MAXQSTRING)."""
 
-# Bytes that keep a string from being an atom (Cyrus's imparse_isnatom): controls below
-# 0x1F (0x1F itself is allowed), DEL, 8-bit, and SP { ( ) " % * \.
-_NOT_ATOM: Final = frozenset([*range(0x1F), 0x7F, *range(0x80, 0x100), *b' {()"%*\\'])
-# Bytes that force a literal (Cyrus's isQCHAR fails): 8-bit, CR, LF, NUL, " % \.
-_NOT_QUOTED: Final = frozenset([*range(0x80, 0x100), 0x00, 0x0D, 0x0A, *b'"%\\'])
+# An atom (Cyrus's imparse_isnatom): no controls below 0x1F (0x1F itself is allowed), no
+# DEL or 8-bit, none of SP { ( ) " % * \. Quotable (its isQCHAR): no 8-bit, NUL, CR, LF, " % \.
+_ATOM: Final = re.compile(rb'[^\x00-\x1e\x7f-\xff {()"%*\\]+\Z')
+_QUOTABLE: Final = re.compile(rb'[^\x80-\xff\x00\r\n"%\\]+\Z')
 
 
 def astring(value: bytes) -> bytes:
     """``value`` as Cyrus prints a dlist atom: atom, quoted string or literal."""
     if not value:
         return b'""'
-    if len(value) < MAX_QUOTED and value != b"NIL" and not _NOT_ATOM.intersection(value):
-        return value
-    if len(value) < MAX_QUOTED and not _NOT_QUOTED.intersection(value):
-        return b'"' + value + b'"'
+    if len(value) < MAX_QUOTED:
+        if _ATOM.match(value) and value != b"NIL":
+            return value
+        if _QUOTABLE.match(value):
+            return b'"' + value + b'"'
     return b"{%d+}\r\n" % len(value) + value
 
 

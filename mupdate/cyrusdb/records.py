@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from mupdate.cyrusdb.dlist import (
@@ -137,14 +138,28 @@ def record_from_dlist(name: bytes, value: Value, where: str) -> CyrusRecord:
     )
 
 
+@lru_cache(maxsize=4096)
+def _head(reserved: bool, location: bytes) -> bytes:
+    server, bang, partition = location.partition(b"!")
+    out = b"%(T erz" if reserved else b"%(T er"
+    if bang:
+        out += b" P " + astring(partition)
+    return out + b" S " + astring(server) + b" M "
+
+
+_ATOM_ACL: Final = re.compile(rb"(?:" + _A + rb"\t" + _A + rb"\t)*\Z")
+
+
+def _acl(acl: bytes) -> bytes:
+    if _ATOM_ACL.match(acl) and b"NIL" not in acl:
+        words = acl.split(b"\t")
+        ids = words[:-1:2]
+        if len(set(ids)) == len(ids):  # else Cyrus keeps one pair per id: acl_pairs
+            return b"%(" + b" ".join(words[:-1]) + b")"
+    return kvlist(acl_pairs(acl))
+
+
 def remote_value(entry: MailboxEntry, mtime: int) -> bytes:
     """The record Cyrus 3.6's slave writes for ``entry`` at ``mtime`` (§9.7), byte for byte."""
-    server, bang, partition = entry.location.partition(b"!")
-    reserved = entry.state is EntryState.RESERVED
-    out = [b"%(T " + (b"erz" if reserved else b"er")]
-    if bang:
-        out.append(b"P " + astring(partition))
-    out.append(b"S " + astring(server))
-    out.append(b"M %d" % mtime)
-    out.append(b"A " + kvlist(acl_pairs(entry.acl)))
-    return b" ".join(out) + b")"
+    head = _head(entry.state is EntryState.RESERVED, entry.location)
+    return b"%s%d A %s)" % (head, mtime, _acl(entry.acl))

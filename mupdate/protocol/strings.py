@@ -135,8 +135,15 @@ class Cursor:
 
     def _quoted(self) -> bytes | None:
         text = self._text
-        out = bytearray()
         pos = self._pos + 1
+        end = text.find(b'"', pos)
+        if end >= 0 and text.find(b"\\", pos, end) < 0:  # no escapes: one slice
+            chunk = text[pos:end]
+            if b"\r" in chunk or b"\n" in chunk or (b"\0" in chunk and not self._allow_nul):
+                return None
+            self._pos = end + 1
+            return bytes(chunk)
+        out = bytearray()
         while pos < len(text):
             byte = text[pos]
             if byte == 0x5C:
