@@ -19,6 +19,7 @@ MAX_LITERAL: Final = 64 * 1024 * 1024
 
 
 _ATOM: Final = re.compile(rb"[^ \n]*")
+_ATOM_KEY_LITERAL_VALUE: Final = re.compile(rb'([^ \n"{][^ \n]*) \{(\d{1,12})\+?\}\r\n')
 
 
 class BatchOutputError(ValueError):
@@ -82,6 +83,16 @@ class OutputParser:
         return len(self._buffer)
 
     def _record(self, pos: int) -> tuple[bytes, bytes, int] | None:
+        buf = self._buffer
+        fast = _ATOM_KEY_LITERAL_VALUE.match(buf, pos)  # what mailboxes.db records look like
+        if fast is not None and int(fast.group(2)) <= MAX_LITERAL:
+            start = fast.end()
+            end = start + int(fast.group(2))
+            if len(buf) <= end:
+                return None
+            if buf[end] != 0x0A:
+                raise BatchOutputError(f"expected the end of the record {fast.group(1)!r}")
+            return fast.group(1), bytes(buf[start:end]), end + 1
         key = self._string(pos)
         if key is None:
             return None
