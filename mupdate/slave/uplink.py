@@ -294,12 +294,14 @@ class Uplink:
         def done(result: object) -> None:
             self._kick_in_flight = False
             if isinstance(result, Failure):
-                # The master went away: the kicks wait for the next session (or time out).
+                # The master went away: the kicks wait for the next session (or time out),
+                # whose start sends their NOOP. Not now: this connection may not be known
+                # as lost yet, and a NOOP on it would fail at once, here, without end.
                 self._kick_waiters = waiters + self._kick_waiters
-            else:
-                for waiter in waiters:
-                    if not waiter.called:
-                        waiter.callback(True)
+                return
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.callback(True)
             self._kick_round_trip()
 
         d.addBoth(done)
