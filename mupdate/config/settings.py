@@ -310,6 +310,7 @@ class SlaveSettings(ServerSettings):
     cyrus_store: CyrusStoreSettings | None = None  # None: the copy is our SQLite file
     kick_socket: Path | None = None  # Cyrus's mupdate.target (§9.6)
     kick_timeout: float = 10.0
+    remove_delay: float = 0.0  # a resync's removals wait this long for a confirming resync
 
     @property
     def database_path(self) -> Path:
@@ -415,6 +416,8 @@ def slave_settings(
     fields["client_tls"] = client_tls(values)  # mupdate_starttls, tls_server_ca_file, ...
     fields["cyrus_store"] = cyrus_store_settings(values, parse_duration)
     fields["kick_socket"] = kick_socket_path(values, fields["cyrus_store"])  # type: ignore[arg-type]
+    if "mupdate_resync_remove_delay" in values:
+        fields["remove_delay"] = parse_duration(values["mupdate_resync_remove_delay"])
     if "mupdate_kick_timeout" in values:
         fields["kick_timeout"] = parse_duration(values["mupdate_kick_timeout"])
     fields.update(overrides or {})

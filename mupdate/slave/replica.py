@@ -33,7 +33,7 @@ from mupdate.model import EntryState, MailboxEntry
 from mupdate.protocol.responses import DeleteLine, MailboxLine, ReserveLine
 from mupdate.slave.brake import BrakeSettings, Hold, check_brake
 from mupdate.slave.guard import Accept, GuardRefusal, LocalFacts, check_change
-from mupdate.slave.resync import ResyncPlan, plan_resync
+from mupdate.slave.resync import ResyncPlan, defer_removals, plan_resync
 
 StreamLine = MailboxLine | ReserveLine | DeleteLine
 
@@ -62,6 +62,7 @@ class ReplicaCounters:
     guard_refusals: int = 0
     brake_holds: int = 0
     brake_releases: int = 0
+    deferred_removals: int = 0  # entries kept at the last resync, waiting for confirmation
     last_sync: float | None = None
     refused_names: set[bytes] = field(default_factory=set)
 
@@ -97,6 +98,11 @@ class Replica:
         self.observe_resync: Callable[[float], None] = lambda seconds: None
         #: Re-read the store before each resync: others write it too (Cyrus's imapd).
         self.reload_before_resync = False
+        #: Seconds a name missing from a resync is kept until a later resync confirms it.
+        self.remove_delay = 0.0
+        self._missing: dict[bytes, float] = {}
+        #: Asked for a resync that many seconds from now (the uplink reconnects).
+        self.confirm_later: Callable[[float], None] = lambda seconds: None
         self._keeps = store if isinstance(store, KeepsLocalRecords) else None
         self.committer: GroupCommitter[MailboxEntry | None] = GroupCommitter(
             store, run_blocking, self._committed, self._reload
@@ -110,6 +116,23 @@ class Replica:
             remote[line.name] = entry_from_line(line)  # a repeated name: the later line wins
         local = {e.name: e for e in self.index.in_order()}
         return plan_resync(local, remote, self.facts, own_servername=self._own_servername)
+
+    def _confirm_removals(self, plan: ResyncPlan) -> ResyncPlan:
+        """Removals wait ``remove_delay`` for a resync that confirms them (defer_removals)."""
+        deferral = defer_removals(plan, self._missing, self._now(), self.remove_delay)
+        self._missing = deferral.missing
+        if deferral.deferred:
+            self.counters.deferred_removals = deferral.deferred
+            self.log.warn(
+                "keeping {count} entries the master did not list, until a resync in "
+                "{duration_ms} ms confirms they are gone",
+                count=deferral.deferred,
+                duration_ms=milliseconds(self.remove_delay),
+            )
+            self.confirm_later(self.remove_delay)
+        else:
+            self.counters.deferred_removals = 0
+        return deferral.plan
 
     @property
     def resyncing(self) -> bool:
@@ -140,7 +163,7 @@ class Replica:
         return d  # type: ignore[return-value]  # fires with reloaded()'s plan
 
     def _resync(self, dump: list[MailboxLine | ReserveLine]) -> Deferred[ResyncPlan]:
-        plan = self.plan(dump)
+        plan = self._confirm_removals(self.plan(dump))
         local = {e.name: e for e in self.index.in_order()}
         verdict = check_brake(plan, local, self.facts, self.brake)
         if isinstance(verdict, Hold):

@@ -98,3 +98,46 @@ def _heal_entry(
     if not own_servername:
         return None
     return replace(held, location=own_servername + b"!" + held.location)
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """``plan`` without the removals still waiting for confirmation; ``missing`` the names
+    (with when first seen missing) to carry to the next resync."""
+
+    plan: ResyncPlan
+    missing: dict[bytes, float]
+    deferred: int
+
+
+def defer_removals(
+    plan: ResyncPlan, missing: Mapping[bytes, float], now: float, delay: float
+) -> Deferral:
+    """Apply a removal only when the name was already missing from a resync ``delay`` ago.
+
+    A master refilled after losing its list (by healing slaves and pushing backends) lists
+    a while later what it lacks now; a frontend that resyncs in between must not drop those
+    mailboxes for that while. A name missing once is kept and remembered; a later resync
+    that still misses it, at least ``delay`` seconds after, removes it; a resync that lists
+    it again forgets it. ``delay`` 0 applies every removal at once.
+    """
+    if delay <= 0:
+        return Deferral(plan, {}, 0)
+    kept: list[Change] = []
+    carried: dict[bytes, float] = {}
+    deferred = 0
+    for change in plan.changes:
+        if not isinstance(change, RemoveEntry):
+            kept.append(change)
+            continue
+        first = missing.get(change.name, now)
+        if now - first >= delay:
+            kept.append(change)
+        else:
+            carried[change.name] = first
+            deferred += 1
+    if not deferred:
+        return Deferral(plan, {}, 0)
+    return Deferral(
+        replace(plan, changes=tuple(kept), removed=plan.removed - deferred), carried, deferred
+    )

@@ -147,6 +147,7 @@ class SlaveService(StoreDaemon):
             lambda: release_requested(settings.configdirectory),
         )
         self.replica.reload_before_resync = cyrus is not None
+        self.replica.remove_delay = settings.remove_delay
         role = ROLE_SLAVE_PREFIX + settings.mupdate_server.encode()
         self.handler = SlaveHandler(self.replica, role, ready=len(index) > 0)
         factory = MupdateServerFactory(

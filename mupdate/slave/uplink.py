@@ -87,6 +87,8 @@ class Uplink:
         self._ping_interval = settings.retry_delay if settings.retry_delay >= 1 else 1.0
         self._policy = retry_policy(settings.retry_delay, settings.retry_max, jitter)
         self._protocol: MupdateClientProtocol | None = None  # while streaming
+        self._confirm_call: IDelayedCall | None = None
+        replica.confirm_later = self.resync_in
         self._kick_waiters: list[Deferred[bool]] = []
         self._kick_in_flight = False
         self.kick_round_trips = 0
@@ -305,3 +307,18 @@ class Uplink:
             self._kick_round_trip()
 
         d.addBoth(done)
+
+    # -- confirming resyncs --------------------------------------------------------------
+
+    def resync_in(self, seconds: float) -> None:
+        """Resync again in ``seconds``: the connection is closed and made anew (§9.2)."""
+        if self._confirm_call is not None and self._confirm_call.active():
+            return
+        self._confirm_call = self.clock.callLater(seconds, self._confirm)
+
+    def _confirm(self) -> None:
+        self._confirm_call = None
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            self.log.info("resyncing to confirm what the master no longer lists")
+            protocol.transport.loseConnection()

@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--servername", help="this backend's servername (default: servername)")
     plan.add_argument("--dry-run", "-w", action="store_true", help="print the plan, change nothing")
     plan.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="keep running: push again SECONDS after each run ends, whatever its outcome "
+        "(a master that lost its list is refilled without an operator)",
+    )
+    plan.add_argument(
         "--authoritative",
         "-a",
         action="store_true",
@@ -450,14 +457,26 @@ def main(
     args = build_parser().parse_args(argv)
     code = [EXIT_OK]
 
-    async def run(reactor: Any) -> None:
+    if args.every is not None and (args.every <= 0 or args.dry_run):
+        stderr.write("mupdate-push: --every wants a number of seconds above 0 and no --dry-run\n")
+        return EXIT_USAGE
+
+    async def once(reactor: Any) -> None:
         try:
             code[0] = await push(reactor, args, stdin, stdout, stderr)
         except ToolError as exc:
             stderr.write(f"mupdate-push: {exc}\n")
             code[0] = exc.code
 
-    from twisted.internet.task import react
+    async def run(reactor: Any) -> None:
+        await once(reactor)
+        while args.every is not None:  # until SIGTERM / SIGINT stops the reactor
+            stdout.flush()
+            stderr.flush()
+            await deferLater(reactor, args.every, lambda: None)
+            await once(reactor)
+
+    from twisted.internet.task import deferLater, react
 
     try:
         react(run)
