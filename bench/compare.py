@@ -66,7 +66,7 @@ def ratio(figure: str, ours: float, cyrus: float) -> float | None:
         return None
     num, den = (ours, cyrus) if way == "higher" else (cyrus, ours)
     if den == 0:
-        return None if num == 0 else float("inf")
+        return None  # the table says "inf" when ours is ahead and the other is at 0
     return round(num / den, 2)
 
 
@@ -103,10 +103,11 @@ class Ours:
             self.proc.kill()
             self.proc.wait(30)
             argv = list(self.proc.args)  # type: ignore[arg-type]
-            argv[1:3] = ["-m", "cProfile", "-o", profile, str(REPO / "bench" / "run_twistd.py")]
+            argv[1:3] = [str(REPO / "bench" / "run_twistd.py")]
             log = open(workdir / "twistd.log", "ab")  # noqa: SIM115 - lives with the process
+            env = dict(bench_env(), MUPDATE_PROFILE=profile)
             self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=bench_env(), stdout=log, stderr=subprocess.STDOUT
+                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         wait_port(self.port, self.proc, workdir / "twistd.log")
 
@@ -346,6 +347,15 @@ def slave_resyncs(run: Run, base: Path, sizes: Sizes) -> None:
 # -- output ----------------------------------------------------------------------------------
 
 
+def ratio_text(row: dict[str, Any]) -> str:
+    if row["ratio"] is not None:
+        return f"{row['ratio']:g}"
+    if row["better"] == "info" or row["ours"] == row["cyrus"]:
+        return "-"
+    ahead = row["ours"] > row["cyrus"] if row["better"] == "higher" else row["ours"] < row["cyrus"]
+    return "inf" if ahead else "0"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("scenario", "params", "figure", "ours", "cyrus", "ratio")
     body = [
@@ -355,7 +365,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             r["figure"],
             f"{r['ours']:g}",
             f"{r['cyrus']:g}",
-            "-" if r["ratio"] is None else f"{r['ratio']:g}",
+            ratio_text(r),
         )
         for r in rows
     ]
