@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -125,6 +125,7 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         self.server_factory = factory  # typed for the login mixin
         self.settings = factory.settings
         self.engine = ServerConnection(self.settings.limits, read_only=factory.handler.read_only)
+        self._trace = self.settings.log.level == "debug"
         self.user: str | None = None  # the session's identity: authzid, or else authcid
         self.authcid: str | None = None  # the credential proven; authority is its (§5.1)
         self.peer = "?"
@@ -339,14 +340,16 @@ class MupdateServerProtocol(ServerLogin, Protocol):
             self._sasl_response(event)  # never traced: it carries SASL data
             return
         name = type(event).__name__.upper()
-        # The wire trace names the command, never its SASL data (style.md §9).
-        self.log.debug(
-            "{peer} sent {tag} {command} {mailbox}",
-            peer=self.peer,
-            tag=text(event.tag),
-            command=name,
-            mailbox=text(getattr(event, "name", None)),
-        )
+        # The wire trace names the command, never its SASL data (style.md §9). Built only at
+        # debug level: an event filtered out later still costs its redaction pass, per command.
+        if self._trace:
+            self.log.debug(
+                "{peer} sent {tag} {command} {mailbox}",
+                peer=self.peer,
+                tag=text(event.tag),
+                command=name,
+                mailbox=text(getattr(event, "name", None)),
+            )
         self.factory.counters.commands[name] = self.factory.counters.commands.get(name, 0) + 1
         self._command = (name, self.factory.clock.seconds())
         match event:
@@ -364,9 +367,18 @@ class MupdateServerProtocol(ServerLogin, Protocol):
 
     def _run(self, call: Callable[[], Reply | Deferred[Reply]], event: Command) -> None:
         self._busy = True
-        d = maybeDeferred(call)
-        d.addCallbacks(self.send_reply, self._handler_failed, errbackArgs=(event,))
-        d.addBoth(self._unbusy)
+        try:
+            reply = call()
+        except Exception:
+            reply = fail()
+        if isinstance(reply, Deferred):
+            reply.addCallbacks(self.send_reply, self._handler_failed, errbackArgs=(event,))
+            reply.addBoth(self._unbusy)
+            return
+        try:  # a reply at once (FIND, LIST, NOOP): no Deferred round trip per command
+            self.send_reply(reply)
+        finally:
+            self._unbusy()
 
     def _handler_failed(self, failure: Failure, event: Command) -> None:
         self.log.failure(

@@ -229,9 +229,13 @@ def render_response(event: Response) -> bytes:
             status = event.status.value
             return b"%s %s %s\r\n" % (event.tag, status, _status_text(event))
         case MailboxLine():
-            return _tagged(event.tag, b"MAILBOX", event.name, event.location, event.acl)
+            if not is_word(event.tag):
+                raise LocalProtocolError(f"invalid tag {event.tag!r}")
+            return render_entry(event.tag, b"MAILBOX", event.name, event.location, event.acl)
         case ReserveLine():
-            return _tagged(event.tag, b"RESERVE", event.name, event.location)
+            if not is_word(event.tag):
+                raise LocalProtocolError(f"invalid tag {event.tag!r}")
+            return render_entry(event.tag, b"RESERVE", event.name, event.location, None)
         case DeleteLine():
             return _tagged(event.tag, b"DELETE", event.name)
         case Bye():
