@@ -287,10 +287,13 @@ class Replica:
             return
         for entry in self._keeps.drain_kept():
             said = self.index.get(entry.name)
-            if said == entry:
-                continue  # the master echoed the local record as it is: nothing was refused
-            self.index.apply(PutEntry(entry))
-            self.hub.publish([StreamChange(entry.name, said.server if said else None, entry)])
+            if said != entry:
+                self.index.apply(PutEntry(entry))
+                self.hub.publish([StreamChange(entry.name, said.server if said else None, entry)])
+            if said is not None and self.facts.owns_server(said.location):
+                # An echo of our own mailbox: the master lags or leads the imapd by a change
+                # (a CREATE's RESERVE, a SETACL); the imapd's record stands, nothing refused.
+                continue
             self.counters.guard_refusals += 1
             self.counters.refused_names.add(entry.name)
             self.log.error(

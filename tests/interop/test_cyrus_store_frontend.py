@@ -17,13 +17,10 @@ about a mailbox here comes from what our slave wrote there.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -35,6 +32,7 @@ from tests.helpers.cyrusstore import (
     our_slave_on,
     switch_off_cyrus_slave,
     without_mtime,
+    workspace,
 )
 from tests.helpers.ourmaster import OurMaster
 from tests.helpers.ourslave import OurSlave, our_slave_available
@@ -69,43 +67,35 @@ def topo(request: pytest.FixtureRequest, cyrus_ready: None) -> Iterator[Topo]:
     reason = our_slave_available()
     if reason:
         pytest.fail(f"cannot test our slave: {reason}", pytrace=False)
-    base = Path(tempfile.mkdtemp(prefix="mupdate-interop-cyrus-store-fe-", dir="/tmp"))
-    murder = CyrusMurder(base)
-    failed_before = request.session.testsfailed
-    master = OurMaster(base / "our-master")
-    slave: OurSlave | None = None
-    try:
-        master.start()
-        p1, p2 = murder.free_port(), murder.free_port()
-        be1 = murder.backend(
-            "be1", servername=f"127.0.0.1:{p1}", imap_port=p1, mupdate=master.address
-        )
-        be2 = murder.backend(
-            "be2", servername=f"127.0.0.1:{p2}", imap_port=p2, mupdate=master.address
-        )
-        fe = murder.frontend(
-            "fe",
-            mupdate=master.address,
-            imap_port=murder.free_port(),
-            extra=["--serverlist", f"127.0.0.1:{p1}"],
-        )
-        switch_off_cyrus_slave(murder, fe)
-        fc = murder.frontend("fc", mupdate=master.address)
-        slave = our_slave_on(
-            fe, base / "our-slave", master_address=master.address, servername="frontend"
-        )
-        slave.start(timeout=30.0)
-        yield Topo(murder, master, be1, be2, fe, fc, slave)
-    finally:
-        if slave is not None:
-            slave.stop()
-        murder.stop_all()
-        master.stop()
-        failed = request.session.testsfailed > failed_before
-        if os.environ.get("MUPDATE_INTEROP_KEEP") != "1" and not failed:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print(f"node directories kept: {base}")
+    with workspace(request, "cyrus-store-fe") as (base, murder):
+        master = OurMaster(base / "our-master")
+        slave: OurSlave | None = None
+        try:
+            master.start()
+            p1, p2 = murder.free_port(), murder.free_port()
+            be1 = murder.backend(
+                "be1", servername=f"127.0.0.1:{p1}", imap_port=p1, mupdate=master.address
+            )
+            be2 = murder.backend(
+                "be2", servername=f"127.0.0.1:{p2}", imap_port=p2, mupdate=master.address
+            )
+            fe = murder.frontend(
+                "fe",
+                mupdate=master.address,
+                imap_port=murder.free_port(),
+                extra=["--serverlist", f"127.0.0.1:{p1}"],
+            )
+            switch_off_cyrus_slave(murder, fe)
+            fc = murder.frontend("fc", mupdate=master.address)
+            slave = our_slave_on(
+                fe, base / "our-slave", master_address=master.address, servername="frontend"
+            )
+            slave.start(timeout=30.0)
+            yield Topo(murder, master, be1, be2, fe, fc, slave)
+        finally:
+            if slave is not None:
+                slave.stop()
+            master.stop()
 
 
 def test_frontend_proxies_to_both_backends_from_our_records(topo: Topo) -> None:

@@ -16,18 +16,15 @@ mailbox), and keep them when the master loses its database, which it then heals.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.helpers.cyrus import CyrusMurder, Node, Tap, wait_until
-from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave
+from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave, workspace
 from tests.helpers.ourmaster import OurMaster
 from tests.helpers.ourslave import OurSlave, our_slave_available
 from tests.helpers.rawmupdate import MupdateClient
@@ -78,44 +75,36 @@ def topo(request: pytest.FixtureRequest, cyrus_ready: None) -> Iterator[Topo]:
     reason = our_slave_available()
     if reason:
         pytest.fail(f"cannot test our slave: {reason}", pytrace=False)
-    base = Path(tempfile.mkdtemp(prefix="mupdate-interop-cyrus-store-unified-", dir="/tmp"))
-    murder = CyrusMurder(base)
-    failed_before = request.session.testsfailed
-    master = OurMaster(base / "our-master")
-    slave: OurSlave | None = None
-    try:
-        master.start()
-        be1 = murder.backend("be1", servername="be1", mupdate=master.address)
-        ub = murder.backend(
-            "ub",
-            servername="ub",
-            mupdate=master.address,
-            extra=["--unified", "--mupdate-port", str(murder.free_port())],
-        )
-        switch_off_cyrus_slave(murder, ub)
-        uc = murder.backend(
-            "uc",
-            servername="uc",
-            mupdate=master.address,
-            extra=["--unified", "--mupdate-port", str(murder.free_port())],
-        )
-        murder.imap(be1, ["create", "user.r1"], ["create", "user.r2"])
-        tap = murder.tap("tap-ub", to=master.address)
-        slave = our_slave_on(
-            ub, base / "our-slave", master_address=tap.addr, servername="ub", mode="unified"
-        )
-        slave.start(timeout=30.0)
-        yield Topo(murder, master, be1, ub, uc, tap, slave)
-    finally:
-        if slave is not None:
-            slave.stop()
-        murder.stop_all()
-        master.stop()
-        failed = request.session.testsfailed > failed_before
-        if os.environ.get("MUPDATE_INTEROP_KEEP") != "1" and not failed:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print(f"node directories kept: {base}")
+    with workspace(request, "cyrus-store-unified") as (base, murder):
+        master = OurMaster(base / "our-master")
+        slave: OurSlave | None = None
+        try:
+            master.start()
+            be1 = murder.backend("be1", servername="be1", mupdate=master.address)
+            ub = murder.backend(
+                "ub",
+                servername="ub",
+                mupdate=master.address,
+                extra=["--unified", "--mupdate-port", str(murder.free_port())],
+            )
+            switch_off_cyrus_slave(murder, ub)
+            uc = murder.backend(
+                "uc",
+                servername="uc",
+                mupdate=master.address,
+                extra=["--unified", "--mupdate-port", str(murder.free_port())],
+            )
+            murder.imap(be1, ["create", "user.r1"], ["create", "user.r2"])
+            tap = murder.tap("tap-ub", to=master.address)
+            slave = our_slave_on(
+                ub, base / "our-slave", master_address=tap.addr, servername="ub", mode="unified"
+            )
+            slave.start(timeout=30.0)
+            yield Topo(murder, master, be1, ub, uc, tap, slave)
+        finally:
+            if slave is not None:
+                slave.stop()
+            master.stop()
 
 
 def _usable(topo: Topo, node: Node, name: str) -> None:

@@ -17,11 +17,9 @@ end the master lists what it listed before, and no mailbox was lost anywhere.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cyrus import CyrusMurder, Node, repo_root, wait_until
-from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave
+from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave, workspace
 from tests.helpers.ourmaster import OurMaster, _env
 from tests.helpers.ourslave import OurSlave, our_slave_available
 from tests.helpers.rawmupdate import MupdateClient
@@ -84,64 +82,56 @@ def topo(request: pytest.FixtureRequest, cyrus_ready: None) -> Iterator[Topo]:
     reason = our_slave_available()
     if reason:
         pytest.fail(f"cannot test our slave: {reason}", pytrace=False)
-    base = Path(tempfile.mkdtemp(prefix="mupdate-interop-seed001-", dir="/tmp"))
-    murder = CyrusMurder(base)
-    failed_before = request.session.testsfailed
-    master = OurMaster(base / "our-master")
-    started: list[OurSlave] = []
-    pusher: subprocess.Popen[bytes] | None = None
-    refill: Relay | None = None
-    try:
-        master.start()
-        refill = Relay(master.host, master.port).start()
-        p1, p2 = murder.free_port(), murder.free_port()
-        be1 = murder.backend(
-            "be1", servername=f"127.0.0.1:{p1}", imap_port=p1, mupdate=master.address
-        )
-        ub = murder.backend(
-            "ub",
-            servername=f"127.0.0.1:{p2}",
-            imap_port=p2,
-            mupdate=master.address,
-            extra=["--unified", "--mupdate-port", str(murder.free_port())],
-        )
-        switch_off_cyrus_slave(murder, ub)
-        fe = murder.frontend("fe", mupdate=master.address, imap_port=murder.free_port())
-        switch_off_cyrus_slave(murder, fe)
-        # Removals a resync finds wait 10 s for a resync that confirms them (seed 001).
-        quick = {"mupdate_retry_max": "4", "mupdate_resync_remove_delay": "10s"}
-        ub_slave = our_slave_on(
-            ub, base / "ub-slave", master_address=refill.address,
-            servername=f"127.0.0.1:{p2}", mode="unified", extra=quick,
-        )  # fmt: skip
-        fe_slave = our_slave_on(
-            fe, base / "fe-slave", master_address=master.address, servername="fe", extra=quick
-        )
-        for slave in (ub_slave, fe_slave):
-            slave.start(timeout=30.0)
-            started.append(slave)
-        for name in BE1_USERS:
-            murder.imap(be1, ["create", name], ["setacl", name, "admin", FULL])
-        for name in UB_USERS:
-            murder.imap(ub, ["create", name], ["setacl", name, "admin", FULL])
-        push_log = base / "push.log"
-        pusher = _pusher(be1, refill.address, push_log)
-        yield Topo(murder, master, be1, ub, fe, fe_slave, ub_slave, pusher, push_log, refill)
-    finally:
-        if pusher is not None:
-            pusher.terminate()
-            pusher.wait(timeout=30)
-        for slave in started:
-            slave.stop()
-        murder.stop_all()
-        master.stop()
-        if refill is not None:
-            refill.stop()
-        failed = request.session.testsfailed > failed_before
-        if os.environ.get("MUPDATE_INTEROP_KEEP") != "1" and not failed:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print(f"node directories kept: {base}")
+    with workspace(request, "seed001") as (base, murder):
+        master = OurMaster(base / "our-master")
+        started: list[OurSlave] = []
+        pusher: subprocess.Popen[bytes] | None = None
+        refill: Relay | None = None
+        try:
+            master.start()
+            refill = Relay(master.host, master.port).start()
+            p1, p2 = murder.free_port(), murder.free_port()
+            be1 = murder.backend(
+                "be1", servername=f"127.0.0.1:{p1}", imap_port=p1, mupdate=master.address
+            )
+            ub = murder.backend(
+                "ub",
+                servername=f"127.0.0.1:{p2}",
+                imap_port=p2,
+                mupdate=master.address,
+                extra=["--unified", "--mupdate-port", str(murder.free_port())],
+            )
+            switch_off_cyrus_slave(murder, ub)
+            fe = murder.frontend("fe", mupdate=master.address, imap_port=murder.free_port())
+            switch_off_cyrus_slave(murder, fe)
+            # Removals a resync finds wait 10 s for a resync that confirms them (seed 001).
+            quick = {"mupdate_retry_max": "4", "mupdate_resync_remove_delay": "10s"}
+            ub_slave = our_slave_on(
+                ub, base / "ub-slave", master_address=refill.address,
+                servername=f"127.0.0.1:{p2}", mode="unified", extra=quick,
+            )  # fmt: skip
+            fe_slave = our_slave_on(
+                fe, base / "fe-slave", master_address=master.address, servername="fe", extra=quick
+            )
+            for slave in (ub_slave, fe_slave):
+                slave.start(timeout=30.0)
+                started.append(slave)
+            for name in BE1_USERS:
+                murder.imap(be1, ["create", name], ["setacl", name, "admin", FULL])
+            for name in UB_USERS:
+                murder.imap(ub, ["create", name], ["setacl", name, "admin", FULL])
+            push_log = base / "push.log"
+            pusher = _pusher(be1, refill.address, push_log)
+            yield Topo(murder, master, be1, ub, fe, fe_slave, ub_slave, pusher, push_log, refill)
+        finally:
+            if pusher is not None:
+                pusher.terminate()
+                pusher.wait(timeout=30)
+            for slave in started:
+                slave.stop()
+            master.stop()
+            if refill is not None:
+                refill.stop()
 
 
 def _frontend_routes(topo: Topo) -> None:
