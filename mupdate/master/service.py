@@ -11,7 +11,7 @@ If a commit fails, every write not yet durable gets NO and the index is reloaded
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -63,6 +63,19 @@ class WriteContext:
     new: MailboxEntry | None
 
 
+class _Counted:
+    """Passes entries through, counting them (for the dump's log line)."""
+
+    def __init__(self, entries: Iterable[MailboxEntry]) -> None:
+        self._entries = entries
+        self.count = 0
+
+    def __iter__(self) -> Iterator[MailboxEntry]:
+        for entry in self._entries:
+            self.count += 1
+            yield entry
+
+
 class MasterHandler:
     log = Logger()
     role = ROLE
@@ -101,7 +114,7 @@ class MasterHandler:
                 found = [entry_line(command.tag, entry)] if entry is not None else []
                 return [*found, Done(command.tag, Status.OK, texts.SEARCH_COMPLETED)]
             case List():
-                entries = list(self.index.in_order(command.prefix))
+                entries = self.index.in_order(command.prefix)
                 return [
                     self._dump(command.tag, entries, "LIST", session),
                     Done(command.tag, Status.OK, texts.LIST_COMPLETE),
@@ -118,15 +131,28 @@ class MasterHandler:
     # -- reads -------------------------------------------------------------------------
 
     def _dump(
-        self, tag: bytes, entries: list[MailboxEntry], command: str, session: MupdateServerProtocol
+        self,
+        tag: bytes,
+        entries: Iterable[MailboxEntry],
+        command: str,
+        session: MupdateServerProtocol,
     ) -> Iterator[bytes]:
-        """The dump's chunks; a large one logs its size and how long it took to send."""
+        """The dump's chunks, rendered as the transport takes them; a large one logs its size
+        and how long it took to send, and an UPDATE logs that its stream has started."""
         started = self.clock.seconds()
-        yield from dump_chunks(tag, entries)
-        if len(entries) >= LARGE_DUMP:
+        counted = _Counted(entries)
+        yield from dump_chunks(tag, counted)
+        if command == "UPDATE":
+            self.log.info(
+                "{user} at {peer} streaming {count} entries",
+                user=session.user,
+                peer=session.peer,
+                count=counted.count,
+            )
+        if counted.count >= LARGE_DUMP:
             self.log.info(
                 "sent {count} entries to {user} at {peer} for {tag} {command} in {duration_ms} ms",
-                count=len(entries),
+                count=counted.count,
                 user=session.user,
                 peer=session.peer,
                 tag=text(tag),
@@ -135,19 +161,12 @@ class MasterHandler:
             )
 
     def _update(self, command: Update, session: MupdateServerProtocol) -> Reply:
-        # Snapshot and subscription in the same reactor turn: no change can fall between
-        # the dump and the stream (§8.1); changes committed later queue behind the dump.
-        if command.hosts:
-            entries = list(self.index.for_servers(command.hosts))
-        else:
-            entries = list(self.index.in_order())
+        # The dump's names are fixed and the stream subscribed in the same reactor turn, so
+        # no change can fall between the dump and the stream (§8.1). The dump is read lazily
+        # as the slave takes it (a million entries never block writers): an entry changed
+        # meanwhile goes out as it is when reached, and its change follows on the stream.
+        entries = self.index.for_servers(command.hosts) if command.hosts else self.index.in_order()
         self.hub.subscribe(session, command.tag, command.hosts)
-        self.log.info(
-            "{user} at {peer} streaming {count} entries",
-            user=session.user,
-            peer=session.peer,
-            count=len(entries),
-        )
         return [
             self._dump(command.tag, entries, "UPDATE", session),
             Done(command.tag, Status.OK, texts.STREAMING_STARTS),
