@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenarios as sc
-from master_bench import REPO, bench_env, free_port, start_master, wait_port
+from master_bench import REPO, bench_env, free_port, start_master, twistd_argv, wait_port
 from slave_bench import first_answer, start_slave
 
 CYRUS_MURDER = Path(
@@ -98,18 +98,25 @@ class Ours:
             f"servername: bench\nconfigdirectory: {workdir / 'db'}\nadmins: admin\n"
             f"mupdate_credentials: {workdir / 'credentials'}\nmupdate_connections_max: 1200\n"
         )
-        self.proc = start_master(workdir, self.port, fresh=False)
-        if profile:  # the same process, under cProfile (written when twistd exits)
-            self.proc.kill()
-            self.proc.wait(30)
-            argv = list(self.proc.args)  # type: ignore[arg-type]
-            argv[1:3] = [str(REPO / "bench" / "run_twistd.py")]
-            log = open(workdir / "twistd.log", "ab")  # noqa: SIM115 - lives with the process
-            env = dict(bench_env(), MUPDATE_PROFILE=profile)
+        self.start()
+
+    def start(self) -> None:
+        """`twistd mupdate-master`; with a profile file, under cProfile (bench/run_twistd.py)."""
+        if self.profile:
+            argv = [sys.executable, str(REPO / "bench" / "run_twistd.py")]
+            argv += twistd_argv("mupdate-master", self.workdir / "master.conf", self.port)[3:]
+            log = open(self.workdir / "twistd.log", "ab")  # noqa: SIM115 - lives with it
+            env = dict(bench_env(), MUPDATE_PROFILE=self.profile)
             self.proc = subprocess.Popen(
                 argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_port(self.port, self.proc, workdir / "twistd.log")
+        else:
+            self.proc = start_master(self.workdir, self.port, fresh=False)
+        wait_port(self.port, self.proc, self.workdir / "twistd.log")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def rss_kb(self) -> int:
         return rss_kb([self.proc.pid])
@@ -296,6 +303,12 @@ async def fanout(run: Run, server: Server, count: int, sizes: Sizes) -> dict[str
 
 
 async def load_and_read(run: Run, sizes: Sizes) -> None:
+    # Memory is measured from a fresh process: the fan-out leaves Cyrus with a thread (and
+    # its stack) per stream it took, which would hide the growth of its list.
+    for server in run.servers:
+        server.restart()
+        if not await sc.responsive(server.port, 60):
+            raise RuntimeError(f"{server.kind} does not answer after its restart")
     before = {s.kind: s.rss_kb() for s in run.servers}
     await run.both("load", f"0..{sizes.small}", lambda s: sc.populate(s.port, 0, sizes.small))
     for verb in (b"LIST", b"UPDATE"):
