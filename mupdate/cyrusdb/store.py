@@ -34,7 +34,7 @@ from mupdate.cyrusdb.records import (
     record_key,
     remote_value,
 )
-from mupdate.db.store import Change, PutEntry, RemoveEntry, StoreError
+from mupdate.db.store import Change, PutEntry, RemoveEntry, StoreError, change_name
 from mupdate.model import MailboxEntry, Tombstone
 
 T = TypeVar("T")
@@ -177,7 +177,7 @@ class CyrusMailboxStore:
 
     def transaction(self, changes: Sequence[PutEntry | RemoveEntry]) -> Deferred[None]:
         """One Cyrus transaction for ``changes``, in order; local records are left alone."""
-        keys = list(dict.fromkeys(record_key(_name(c)) for c in changes))
+        keys = list(dict.fromkeys(record_key(change_name(c)) for c in changes))
         mtime = int(self._now())
 
         def decide(current: dict[bytes, bytes]) -> bytes:
@@ -188,7 +188,7 @@ class CyrusMailboxStore:
             kept: list[CyrusRecord] = []
             written = deleted = 0
             for change in changes:
-                key = record_key(_name(change))
+                key = record_key(change_name(change))
                 record = state.get(key)
                 if record is not None and record.is_local:
                     kept.append(record)
@@ -241,7 +241,3 @@ class CyrusMailboxStore:
                 raise result.value
             raise StoreError(f"Cyrus store failure: {result.getErrorMessage()}")
         return result  # type: ignore[return-value]  # what work's Deferred fired with
-
-
-def _name(change: PutEntry | RemoveEntry) -> bytes:
-    return change.entry.name if isinstance(change, PutEntry) else change.name
