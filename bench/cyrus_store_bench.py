@@ -30,39 +30,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scenarios import populate  # noqa: E402 - bench/ is this script's directory
+
 from tests.helpers.cyrus import CyrusMurder, Node  # noqa: E402
 from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave  # noqa: E402
 from tests.helpers.ourmaster import OurMaster  # noqa: E402
 
 TIMEOUT = 1800.0
 _APPLIED = re.compile(r"resync applied: (\d+) changes .* in (\d+) ms")
-
-
-async def populate(port: int, size: int, conns: int = 8, window: int = 500) -> None:
-    async def fill(i: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await reader.readuntil(b"* OK MUPDATE")
-        await reader.readline()
-        writer.write(b'A01 AUTHENTICATE "PLAIN" "AGFkbWluAHNlY3JldA=="\r\n')
-        assert (await reader.readline()).startswith(b"A01 OK")
-        batch: list[bytes] = []
-        for n, k in enumerate(range(i, size, conns), start=1):
-            batch.append(
-                b'P%d ACTIVATE "user.bench%07d" "127.0.0.1:1%d!default" "u%d\tlrswipkxtecdan\t"\r\n'
-                % (n, k, k % 4, k)
-            )
-            if len(batch) == window or k + conns >= size:
-                writer.write(b"".join(batch))
-                batch = []
-                tag = b"P%d " % n
-                while not (line := await reader.readline()).startswith(tag):
-                    if not line:
-                        raise RuntimeError("master closed the connection")
-                if not line.startswith(tag + b"OK"):
-                    raise RuntimeError(line)
-        writer.close()
-
-    await asyncio.wait_for(asyncio.gather(*(fill(i) for i in range(conns))), TIMEOUT)
 
 
 def _stamp(line: str) -> float:
@@ -110,7 +85,7 @@ def main() -> int:
     try:
         master.start()
         started = time.perf_counter()
-        asyncio.run(populate(master.port, args.entries))
+        asyncio.run(populate(master.port, 0, args.entries))
         rows.append({"figure": "load_master", "seconds": round(time.perf_counter() - started, 2)})
         # Cyrus's own slave
         fc = murder.frontend("fc", mupdate=master.address, extra=["--no-debug", "--wait", "1"])
