@@ -24,9 +24,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 __all__ = [
     "HOST",
@@ -652,3 +655,21 @@ class CyrusMasterUnderTest:
             return "(not started)"
         text = self.murder.logs(self.node)
         return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def workspace(request: pytest.FixtureRequest, prefix: str) -> Iterator[tuple[Path, CyrusMurder]]:
+    """A module's node directory and its CyrusMurder; on exit every node is stopped and the
+    directory removed, unless one of the module's tests failed (or MUPDATE_INTEROP_KEEP=1)."""
+    base = Path(tempfile.mkdtemp(prefix=f"mupdate-interop-{prefix}-", dir="/tmp"))
+    murder = CyrusMurder(base)
+    failed_before = request.session.testsfailed
+    try:
+        yield base, murder
+    finally:
+        murder.stop_all()
+        failed = request.session.testsfailed > failed_before
+        if os.environ.get("MUPDATE_INTEROP_KEEP") != "1" and not failed:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"node directories kept: {base}")

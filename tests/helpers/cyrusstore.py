@@ -10,15 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 from mupdate.cyrusdb import batch
 from tests.helpers.cyrus import CyrusMurder, Node, wait_until
@@ -116,21 +110,3 @@ def our_slave_on(
             **(extra or {}),
         },
     )
-
-
-@contextmanager
-def workspace(request: pytest.FixtureRequest, prefix: str) -> Iterator[tuple[Path, CyrusMurder]]:
-    """A module's node directory and its CyrusMurder; on exit every node is stopped and the
-    directory removed, unless one of the module's tests failed (or MUPDATE_INTEROP_KEEP=1)."""
-    base = Path(tempfile.mkdtemp(prefix=f"mupdate-interop-{prefix}-", dir="/tmp"))
-    murder = CyrusMurder(base)
-    failed_before = request.session.testsfailed
-    try:
-        yield base, murder
-    finally:
-        murder.stop_all()
-        failed = request.session.testsfailed > failed_before
-        if os.environ.get("MUPDATE_INTEROP_KEEP") != "1" and not failed:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print(f"node directories kept: {base}")

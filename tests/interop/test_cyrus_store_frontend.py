@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers.cyrus import CyrusMurder, Node, wait_until
+from tests.helpers.cyrus import CyrusMurder, Node, wait_until, workspace
 from tests.helpers.cyrusstore import (
     consistent,
     db_records,
@@ -32,7 +32,6 @@ from tests.helpers.cyrusstore import (
     our_slave_on,
     switch_off_cyrus_slave,
     without_mtime,
-    workspace,
 )
 from tests.helpers.ourmaster import OurMaster
 from tests.helpers.ourslave import OurSlave, our_slave_available

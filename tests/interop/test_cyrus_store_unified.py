@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers.cyrus import CyrusMurder, Node, Tap, wait_until
-from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave, workspace
+from tests.helpers.cyrus import CyrusMurder, Node, Tap, wait_until, workspace
+from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave
 from tests.helpers.ourmaster import OurMaster
 from tests.helpers.ourslave import OurSlave, our_slave_available
 from tests.helpers.rawmupdate import MupdateClient

@@ -15,16 +15,12 @@ against Cyrus our client never binds (Cyrus binds ``tls-unique``).
 from __future__ import annotations
 
 import base64
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.helpers.cyrus import CyrusMasterUnderTest, CyrusMurder, Tap, wait_until
+from tests.helpers.cyrus import CyrusMasterUnderTest, CyrusMurder, Tap, wait_until, workspace
 from tests.helpers.ourslave import OurSlave, our_slave_available
 from tests.helpers.rawmupdate import MupdateClient
 
@@ -44,37 +40,29 @@ def topo(request: pytest.FixtureRequest, cyrus_ready: None) -> Iterator[ScramTop
     reason = our_slave_available()
     if reason:
         pytest.fail(f"cannot test our slave: {reason}", pytrace=False)
-    base = Path(tempfile.mkdtemp(prefix="mupdate-interop-test_sasl_slave_interop-", dir="/tmp"))
-    murder = CyrusMurder(base)
-    failed_before = request.session.testsfailed
-    slave: OurSlave | None = None
-    try:
-        cm = CyrusMasterUnderTest(
-            murder, name="cyrus-master", servername="mupdate-master", mechs="SCRAM-SHA-256"
-        )
-        cm.start()
-        be1 = murder.backend("be1", servername="be1", mupdate=cm.address)
-        murder.imap(be1, ["create", "user.scram"], ["create", "user.scram.Sent"])
-        tap = murder.tap("tap-scram", to=cm.address)
-        slave = OurSlave(
-            base / "our-slave",
-            master_address=tap.addr,
-            servername="our-slave",
-            master_username="admin",
-            retry_delay=2,
-            port=murder.free_port(),
-        )
-        slave.start(timeout=30.0)
-        yield ScramTopo(murder, cm, tap, slave)
-    finally:
-        if slave is not None:
-            slave.stop()
-        murder.stop_all()
-        failed = request.session.testsfailed > failed_before
-        if os.environ.get("MUPDATE_INTEROP_KEEP") != "1" and not failed:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print(f"node directories kept: {base}")
+    with workspace(request, "test_sasl_slave_interop") as (base, murder):
+        slave: OurSlave | None = None
+        try:
+            cm = CyrusMasterUnderTest(
+                murder, name="cyrus-master", servername="mupdate-master", mechs="SCRAM-SHA-256"
+            )
+            cm.start()
+            be1 = murder.backend("be1", servername="be1", mupdate=cm.address)
+            murder.imap(be1, ["create", "user.scram"], ["create", "user.scram.Sent"])
+            tap = murder.tap("tap-scram", to=cm.address)
+            slave = OurSlave(
+                base / "our-slave",
+                master_address=tap.addr,
+                servername="our-slave",
+                master_username="admin",
+                retry_delay=2,
+                port=murder.free_port(),
+            )
+            slave.start(timeout=30.0)
+            yield ScramTopo(murder, cm, tap, slave)
+        finally:
+            if slave is not None:
+                slave.stop()
 
 
 def test_cyrus_master_offers_only_scram(topo: ScramTopo) -> None:

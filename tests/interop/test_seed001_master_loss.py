@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cyrus import CyrusMurder, Node, repo_root, wait_until
-from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave, workspace
+from tests.helpers.cyrus import CyrusMurder, Node, repo_root, wait_until, workspace
+from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave
 from tests.helpers.ourmaster import OurMaster, _env
 from tests.helpers.ourslave import OurSlave, our_slave_available
 from tests.helpers.rawmupdate import MupdateClient

@@ -28,14 +28,10 @@ Every wait is bounded (polling with a deadline); no fixed sleeps.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -46,6 +42,7 @@ from tests.helpers.cyrus import (
     Tap,
     TapLine,
     wait_until,
+    workspace,
 )
 from tests.helpers.ourmaster import OurMaster
 from tests.helpers.ourslave import OurSlave, our_slave_available
@@ -571,58 +568,50 @@ def ours(request: pytest.FixtureRequest, cyrus_ready: None) -> Iterator[SlaveTop
     reason = our_slave_available()
     if reason:
         pytest.fail(f"cannot test our slave: {reason}", pytrace=False)
-    base = Path(tempfile.mkdtemp(prefix="mupdate-interop-test_slave_interop-ourslave-", dir="/tmp"))
-    murder = CyrusMurder(base)
-    failed_before = request.session.testsfailed
-    slave: OurSlave | None = None
-    topo: SlaveTopo | None = None
-    try:
-        cm = CyrusMasterUnderTest(
-            murder, name="cyrus-master", servername="mupdate-master", mechs="PLAIN LOGIN"
-        )
-        cm.start()
-        be1 = murder.backend("be1", servername="be1", mupdate=cm.address)
-        murder.imap(
-            be1,
-            ["create", "user.pam"],
-            ["create", "user.pam.Sent"],
-            ["create", "user.pam-x"],
-            ["create", "user.pam.Drafts"],
-            ["setacl", "user.pam", "bob", "lrs"],
-            ["rename", "user.pam.Drafts", "user.pam.Archive"],
-        )
-        with MupdateClient.connect(cm.host, cm.port, timeout=15.0) as c:
-            c.authenticate_plain(cm.admin, cm.password)
-            for args in (
-                (b"ACTIVATE", b"user.quo", b"be2!p2", acl(("quo", FULL))),
-                (b"RESERVE", b"user.quin", b"be2!p2"),
-            ):
-                r = c.command(*args)
-                assert r.status_line == r.tag + b' OK "done"\r\n', (args, r.raw)
-            c.logout()
-        tap = murder.tap("tap-ours", to=cm.address)
-        slave = OurSlave(
-            base / "our-slave",
-            master_address=tap.addr,
-            servername="our-slave",
-            retry_delay=2,
-            mode="standard",
-            port=murder.free_port(),
-        )
-        slave.start(timeout=30.0)
-        topo = SlaveTopo(murder, cm, be1, tap, slave)
-        yield topo
-    finally:
-        if topo is not None:
-            topo.close_sessions()
-        if slave is not None:
-            slave.stop()
-        murder.stop_all()
-        failed = request.session.testsfailed > failed_before
-        if os.environ.get("MUPDATE_INTEROP_KEEP") != "1" and not failed:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print(f"part 2 node directories kept: {base}")
+    with workspace(request, "test_slave_interop-ourslave") as (base, murder):
+        slave: OurSlave | None = None
+        topo: SlaveTopo | None = None
+        try:
+            cm = CyrusMasterUnderTest(
+                murder, name="cyrus-master", servername="mupdate-master", mechs="PLAIN LOGIN"
+            )
+            cm.start()
+            be1 = murder.backend("be1", servername="be1", mupdate=cm.address)
+            murder.imap(
+                be1,
+                ["create", "user.pam"],
+                ["create", "user.pam.Sent"],
+                ["create", "user.pam-x"],
+                ["create", "user.pam.Drafts"],
+                ["setacl", "user.pam", "bob", "lrs"],
+                ["rename", "user.pam.Drafts", "user.pam.Archive"],
+            )
+            with MupdateClient.connect(cm.host, cm.port, timeout=15.0) as c:
+                c.authenticate_plain(cm.admin, cm.password)
+                for args in (
+                    (b"ACTIVATE", b"user.quo", b"be2!p2", acl(("quo", FULL))),
+                    (b"RESERVE", b"user.quin", b"be2!p2"),
+                ):
+                    r = c.command(*args)
+                    assert r.status_line == r.tag + b' OK "done"\r\n', (args, r.raw)
+                c.logout()
+            tap = murder.tap("tap-ours", to=cm.address)
+            slave = OurSlave(
+                base / "our-slave",
+                master_address=tap.addr,
+                servername="our-slave",
+                retry_delay=2,
+                mode="standard",
+                port=murder.free_port(),
+            )
+            slave.start(timeout=30.0)
+            topo = SlaveTopo(murder, cm, be1, tap, slave)
+            yield topo
+        finally:
+            if topo is not None:
+                topo.close_sessions()
+            if slave is not None:
+                slave.stop()
 
 
 def test_p2a_our_slave_list_equals_cyrus_master_after_first_sync(ours: SlaveTopo) -> None:
