@@ -40,7 +40,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenarios as sc
-from master_bench import REPO, bench_env, free_port, start_master, twistd_argv, wait_port
+from master_bench import (
+    REPO,
+    NotMupdate,
+    bench_env,
+    free_port,
+    start_master,
+    twistd_argv,
+    wait_port,
+)
 from slave_bench import first_answer, start_slave
 
 CYRUS_MURDER = Path(
@@ -186,16 +194,23 @@ def our_slave_resync(workdir: Path, master_port: int) -> float:
     """Seconds from starting `twistd mupdate-slave` until it answers FIND (after its sync)."""
     workdir.mkdir(parents=True)
     shutil.copy(workdir.parent / "ours" / "credentials", workdir / "credentials")
-    port = free_port()
-    started = time.perf_counter()
-    proc = start_slave(workdir, port, master_port)
-    try:
-        wait_port(port, proc, workdir / "slave.log", timeout=600)
-        asyncio.run(first_answer(port, time.monotonic() + 1200))
-        return time.perf_counter() - started
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+    for attempt in range(3):
+        port = free_port()
+        started = time.perf_counter()
+        proc = start_slave(workdir, port, master_port)
+        try:
+            wait_port(port, proc, workdir / "slave.log", timeout=600)
+            asyncio.run(first_answer(port, time.monotonic() + 1200))
+            return time.perf_counter() - started
+        except NotMupdate:
+            # Another process (a test's Cyrus node, say) took the port first: our slave
+            # could not listen there. Start it again on another port.
+            if attempt == 2:
+                raise
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    raise AssertionError("unreachable")
 
 
 def cyrus_slave_resync(node: Path, master_port: int) -> float:

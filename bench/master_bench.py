@@ -94,6 +94,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
             time.sleep(0.1)  # noqa: TID251 - a benchmark waiting for its server, bounded
 
 
+class NotMupdate(RuntimeError):
+    """Another program answered on the port (a free port taken between our check and bind)."""
+
+
 class Client:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer, self.n = reader, writer, 0
@@ -104,8 +108,11 @@ class Client:
             asyncio.open_connection(HOST, port, limit=1 << 24), TIMEOUT
         )
         c = cls(reader, writer)
-        while not (await c.line()).startswith(b"* OK"):
+        while not (greeting := await c.line()).startswith(b"* OK"):
             pass
+        if not greeting.startswith(b"* OK MUPDATE"):
+            writer.close()
+            raise NotMupdate(f"port {port} is not a MUPDATE server: {greeting[:80]!r}")
         ir = base64.b64encode(b"\0admin\0secret")
         c.writer.write(b'A01 AUTHENTICATE "PLAIN" "' + ir + b'"\r\n')
         status = await c.until(b"A01")
