@@ -45,13 +45,13 @@ SCRIPTS = (
     "mupdate-push",
 )
 PLUGINS = ("mupdate-master", "mupdate-slave")
-DATA_FILES = (
-    "share/mupdate/etc/mupdate-master.conf",
-    "share/mupdate/etc/mupdate-replication-pair.conf",
-    "share/mupdate/etc/mupdate-slave-frontend.conf",
-    "share/mupdate/etc/mupdate-slave-unified.conf",
-    "share/mupdate/etc/mupdate-master.service",
-    "share/mupdate/etc/mupdate-slave.service",
+# Every sample config and systemd unit in etc/ (read from the tree, so a new one that
+# setup.cfg's data_files forgets fails here), and the operator's documentation.
+DATA_FILES = tuple(
+    f"share/mupdate/etc/{p.name}"
+    for p in sorted((repo_root() / "etc").iterdir())
+    if p.suffix in (".conf", ".service")
+) + (
     "share/doc/mupdate/README.md",
     "share/doc/mupdate/operators-guide.md",
 )
