@@ -596,6 +596,50 @@ def test_connections_beyond_the_maximum_are_refused_with_server_unable(make_mast
     master.assert_no_traceback()
 
 
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads for pid {pid}")
+
+
+def test_two_hundred_silent_streams_block_nobody_and_cost_no_thread(make_master):
+    """Cyrus gives each UPDATE stream a worker thread and stops answering new connections
+    after about 50 silent streams; here 200 logged-in streams that send nothing and read
+    nothing after their dump leave new connections, logins, writes and reads answered, the
+    master's thread count unchanged, and each stream still gets the change when it reads.
+    (The connection cap is raised above its default of 128 for this.)"""
+    master = make_master(mupdate_connections_max="400")
+    write(master, ("RESERVE", b"user.before", b"be1!default"))
+    assert master.proc is not None
+    pid = master.proc.pid
+    threads_before = threads(pid)
+    silent: list[MupdateClient] = []
+    try:
+        for _ in range(200):
+            c, entries = stream(master)
+            assert [e.name for e in entries] == [b"user.before"]
+            silent.append(c)
+        master.wait_connections(200, "200 streams to be counted")
+        assert master.metrics()["mupdate_streams"] == 200
+        assert threads(pid) <= threads_before, (threads_before, threads(pid))
+        # a newcomer is greeted, logs in, writes and reads while every stream stays silent
+        with login(master) as newcomer:
+            assert newcomer.command(b"RESERVE", b"user.after", b"be1!default").ok
+            assert newcomer.command(b"ACTIVATE", b"user.after", b"be1!default", b"").ok
+            assert newcomer.find(b"user.after") == Entry(
+                b"MAILBOX", b"user.after", b"be1!default", b""
+            )
+        # every silent stream has both changes waiting, in commit order
+        for c in silent:
+            assert next_change(c) == (b"RESERVE", (b"user.after", b"be1!default"))
+            assert next_change(c)[0] == b"MAILBOX"
+    finally:
+        for c in silent:
+            c.close()
+    master.assert_no_traceback()
+
+
 # -- 7. slowloris ---------------------------------------------------------------------------
 
 
