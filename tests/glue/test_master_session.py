@@ -215,6 +215,11 @@ def test_list_in_cyrus_key_order_and_prefix(tmp_path):
     )
     assert conn.send(b'T20 LIST "be2"\r\n') == b'T20 OK "list complete"\r\n'
     assert conn.send(b'T21 LIST "be1!"\r\n').count(b"MAILBOX") == len(names)
+    # an UPDATE's dump (what a Cyrus slave merges in order) comes in the same key order
+    dumped = rig.login().send(b"U01 UPDATE\r\n")
+    assert dumped == b"".join(b'U01 MAILBOX "%s" "be1!p" ""\r\n' % n for n in expected_order) + (
+        b'U01 OK "streaming starts"\r\n'
+    )
 
 
 def test_name_with_crlf_comes_back_as_literal(rig):
