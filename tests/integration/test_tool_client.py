@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import select
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +20,24 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cyrus import PortAllocator, repo_root, wait_until
-from tests.helpers.ourmaster import OurMaster, _env, our_master_available
+from tests.helpers.ourmaster import OurMaster, our_master_available
 from tests.helpers.ourslave import OurSlave, our_slave_available
-from tests.helpers.rawmupdate import Entry, MupdateClient
+from tests.helpers.rawmupdate import Entry
+from tests.helpers.toolclient import (
+    PASSWORD_VAR,
+    argv,
+    b64,
+    columns,
+    finish,
+    listing,
+    one_error_line,
+    run_tool,
+    start_watch,
+    status_fields,
+    tool_env,
+    write,
+)
 
-PASSWORD_VAR = "MUPDATE_CLIENT_TEST_PASSWORD"
 ODD_NAME = b"user.\xe9t\xe9"  # Latin-1, not UTF-8
 ODD_LOCATION = b"be1!\xff"
 ALICE_ACL = "alice\tlrswipkxtecdan\tanyone\tlrs\t"
@@ -39,144 +50,6 @@ DATA: list[tuple[bytes, ...]] = [
 
 _WHY_NOT = our_master_available()
 pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def login(node: OurMaster) -> MupdateClient:
-    c = MupdateClient.connect(node.host, node.port, timeout=20)
-    c.authenticate_plain(node.admin, node.password)
-    return c
-
-
-def write(node: OurMaster, *commands: tuple[bytes, ...]) -> None:
-    with login(node) as c:
-        for verb, *args in commands:
-            result = c.command(verb, *args)
-            assert result.ok, result.raw
-
-
-def listing(node: OurMaster) -> list[Entry]:
-    with login(node) as c:
-        return c.list()
-
-
-def tool_env(**extra: str) -> dict[str, str]:
-    env = _env(repo_root())
-    env.pop(PASSWORD_VAR, None)
-    env.update(extra)
-    return env
-
-
-def argv(node: OurMaster | None, *args: str, password: bool = True) -> list[str]:
-    connection = [] if node is None else ["--server", node.address, "--user", node.admin]
-    secret = ["--password-env", PASSWORD_VAR] if password else []
-    return [sys.executable, "-m", "mupdate.tools.client", *connection, *secret, *args]
-
-
-def run_tool(
-    node: OurMaster | None, *args: str, password: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(
-        argv(node, *args, password=password),
-        cwd=repo_root(),
-        env=env if env is not None else tool_env(**{PASSWORD_VAR: "secret"}),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "Traceback" not in p.stderr, p.stderr
-    assert "Traceback" not in p.stdout, p.stdout
-    return p
-
-
-def one_error_line(p: subprocess.CompletedProcess[str]) -> str:
-    lines = p.stderr.splitlines()
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("mupdate-client: "), p.stderr
-    return lines[0]
-
-
-def columns(lines: list[str]) -> list[tuple[str, str, str, str]]:
-    """Rows of an aligned table, cut at the header's column starts."""
-    header = lines[0]
-    starts = [0, header.index("STATE"), header.index("LOCATION"), header.index("ACL")]
-    assert header.split() == ["NAME", "STATE", "LOCATION", "ACL"]
-    rows = []
-    for line in lines[1:]:
-        cells = [line[a:b].rstrip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
-        assert all(line[s - 2 : s] == "  " for s in starts[1:]), line  # two spaces apart
-        rows.append((cells[0], cells[1], cells[2], cells[3]))
-    return rows
-
-
-def b64(value: bytes) -> dict[str, str]:
-    return {"base64": base64.b64encode(value).decode()}
-
-
-class LineReader:
-    """Bounded line reads from a child's pipe (select + os.read, no sleeps)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        self.fd = proc.stdout.fileno()
-        self.buffer = b""
-        self.seen: list[str] = []
-
-    def line(self, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.fd], [], [], max(0.0, left))
-            if not ready:
-                raise AssertionError(f"no line within {timeout}s; got {self.seen}")
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                raise AssertionError(f"end of output; got {self.seen} + {self.buffer!r}")
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        self.seen.append(line.decode())
-        return self.seen[-1]
-
-    def until(self, predicate, timeout: float = 20.0) -> str:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.line(max(0.01, deadline - time.monotonic()))
-            if predicate(line):
-                return line
-
-
-def _default_sigint() -> None:
-    # A test run started in the background (nohup, `cmd &`) inherits SIGINT ignored, and
-    # Twisted keeps an ignored SIGINT ignored: the watch would never see the test's Ctrl-C.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start_watch(node: OurMaster, *args: str) -> tuple[subprocess.Popen[bytes], LineReader]:
-    proc = subprocess.Popen(
-        argv(node, "watch", *args),
-        preexec_fn=_default_sigint,
-        cwd=repo_root(),
-        env=tool_env(**{PASSWORD_VAR: "secret"}),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    return proc, LineReader(proc)
-
-
-def finish(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert b"Traceback" not in err, err
-    return proc.returncode, out.decode(), err.decode()
 
 
 # ---------------------------------------------------------------- fixtures
@@ -333,14 +206,6 @@ def test_list_on_the_slave_shows_the_masters_entries(master, slave):
 
 
 # ---------------------------------------------------------------- status
-
-
-def status_fields(text: str) -> dict[str, str]:
-    fields = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value.strip()
-    return fields
 
 
 def test_status_of_the_master(master):
@@ -619,3 +484,59 @@ def test_raw_through_a_pseudo_terminal(master):
         child.close(force=True)
     assert child.exitstatus == 0
     assert "Traceback" not in (child.before or "")
+
+
+def test_raw_asks_for_the_password_on_a_terminal(master):
+    """No --password-file, --password-env or config: getpass prompts on the terminal, the
+    typed password is not echoed, and the session logs in with it."""
+    pexpect = pytest.importorskip("pexpect")
+    command = argv(master, "raw", password=False)
+    child = pexpect.spawn(
+        command[0],
+        command[1:],
+        cwd=str(repo_root()),
+        env=tool_env(),
+        timeout=20,
+        encoding="utf-8",
+    )
+    try:
+        child.expect_exact(f"Password for admin at {master.address}: ")
+        child.sendline(master.password)
+        child.expect_exact(f"logged in to m1 at {master.address} as admin; type commands")
+        assert master.password not in (child.before or "")
+        child.sendline("LIST be2")
+        child.expect_exact('C: X0 LIST "be2"')
+        child.expect_exact('S: X0 RESERVE "user.bob" "be2!p"')
+        child.expect_exact('S: X0 OK "list complete"')
+        child.sendline("LOGOUT")
+        child.expect_exact('S: X1 OK "bye-bye"')
+        child.expect(pexpect.EOF)
+        transcript = child.before or ""
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    assert master.password not in transcript
+    assert "Traceback" not in transcript
+
+
+def test_a_wrong_password_typed_at_the_prompt_exits_5(master):
+    pexpect = pytest.importorskip("pexpect")
+    command = argv(master, "list", password=False)
+    child = pexpect.spawn(
+        command[0],
+        command[1:],
+        cwd=str(repo_root()),
+        env=tool_env(),
+        timeout=20,
+        encoding="utf-8",
+    )
+    try:
+        child.expect_exact(f"Password for admin at {master.address}: ")
+        child.sendline("not-the-password")
+        child.expect(pexpect.EOF)
+        output = (child.before or "").strip().splitlines()
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 5
+    assert len(output) == 1, output
+    assert output[0].startswith(f"mupdate-client: login to {master.address} as admin refused")
