@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import mupdate
 from tests.helpers.cyrus import PortAllocator, repo_root, wait_until
 from tests.helpers.ourmaster import OurMaster, our_master_available
 from tests.helpers.ourslave import OurSlave, our_slave_available
@@ -215,6 +216,7 @@ def test_status_of_the_master(master):
     assert fields["server"] == master.address
     assert fields["servername"] == "m1"
     assert fields["implementation"] == "mupdate"
+    assert fields["version"] == mupdate.__version__
     assert fields["role"] == "master"
     assert "PARTIAL-UPDATE" in fields["capabilities"]
     assert "PLAIN" in fields["mechanisms"].split()
@@ -224,6 +226,41 @@ def test_status_of_the_master(master):
     assert fields["  be2"] == "1 (0 active, 1 reserved)"
     assert fields["noop"].endswith(" ms")
     assert float(fields["noop"].split()[0]) >= 0
+
+
+def test_status_json_of_the_master_field_by_field(master):
+    p = run_tool(master, "status", "--json")
+    assert (p.returncode, p.stderr) == (0, "")
+    (line,) = p.stdout.splitlines()
+    record = json.loads(line)
+    noop_ms = record.pop("noop_ms")
+    assert isinstance(noop_ms, float | int)
+    assert 0 <= noop_ms < 20_000
+    mechanisms = ["SCRAM-SHA-512", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN"]
+    assert record == {
+        "kind": "status",
+        "server": master.address,
+        "servername": "m1",
+        "implementation": "mupdate",
+        "version": mupdate.__version__,
+        "role": "master",
+        "master": None,
+        "capabilities": [
+            {"name": "AUTH", "args": mechanisms},
+            {"name": "PARTIAL-UPDATE", "args": []},
+        ],
+        "mechanisms": mechanisms,
+        "entries": {
+            "total": 4,
+            "active": 3,
+            "reserved": 1,
+            "servers": [
+                {"server": "be1", "active": 2, "reserved": 0},
+                {"server": "be10", "active": 1, "reserved": 0},
+                {"server": "be2", "active": 0, "reserved": 1},
+            ],
+        },
+    }
 
 
 def test_status_json_of_the_slave_names_its_master(master, slave):
