@@ -2,7 +2,7 @@
 """Benchmark our slave following our master, both real twistd processes on 127.0.0.1.
 
 Prints: the first full resync of N mailboxes (default 100,000) from process start until the
-slave answers, and as logged by the slave ("resync applied in ... ms"); a second resync of
+slave answers, and as logged by the slave ("resync applied: ... in N ms"); a second resync of
 the same list after the master restarts; and the delay from a write's OK on the master to
 its arrival in the slave's store, seen on an UPDATE stream served by the slave (it
 publishes a change only after its store commit), p50/p99/max over sequential writes.
@@ -59,7 +59,8 @@ def start_slave(workdir: Path, port: int, master_port: int) -> subprocess.Popen[
 
 def logged_resyncs(log: Path) -> list[int]:
     return [
-        int(m) for m in re.findall(r"resync applied in (\d+) ms", log.read_text(errors="replace"))
+        int(m)
+        for m in re.findall(r"resync applied: [^\n]*? in (\d+) ms", log.read_text(errors="replace"))
     ]
 
 
