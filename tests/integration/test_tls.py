@@ -145,3 +145,85 @@ def test_slave_syncs_from_master_over_starttls_with_verification(tmp_path, pki):
     finally:
         slave.stop()
         master.stop()
+
+
+# -- EXTERNAL: a client certificate instead of the password -------------------------------
+
+
+def external_master(tmp_path, pki: Pki, client_ca) -> OurMaster:
+    """A master that verifies client certificates against ``client_ca`` and offers nothing
+    before TLS (``mupdate_tls_required``)."""
+    return tls_master(tmp_path, pki, tls_client_ca_file=str(client_ca), mupdate_tls_required="yes")
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_logs_in_with_external_from_its_certificate(reactor, tmp_path, pki):
+    master = external_master(tmp_path, pki, pki.ca)
+    cert = pki.client_admin
+    try:
+        tgt = target(master, ca_file=pki.ca, cert=cert.cert, key=cert.key)
+        # The password is wrong on purpose: only the certificate can get this session in.
+        tgt = Target(tgt.host, tgt.port, "admin", "not-the-password", timeout=10, tls=tgt.tls)
+        client, info = await open_session(reactor, tgt)
+        assert client.tls_active
+        assert info.mechanisms[0] == "EXTERNAL"
+        await client.logout()
+    finally:
+        master.stop()
+    log = master.log_tail(200)
+    assert "client certificate user: admin" in log, log
+    assert "admin logged in from 127.0.0.1" in log
+    assert "with EXTERNAL (a client certificate)" in log
+    assert "failed login" not in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_certificate_from_an_unknown_ca_is_refused(reactor, tmp_path, pki):
+    # The master trusts only other_ca for clients; client_admin is signed by the test CA.
+    master = external_master(tmp_path, pki, pki.other_ca)
+    cert = pki.client_admin
+    try:
+        tgt = target(master, ca_file=pki.ca, cert=cert.cert, key=cert.key)
+        with pytest.raises(ToolError) as info:
+            await open_session(reactor, tgt)
+        assert info.value.code == EXIT_CONNECTION
+    finally:
+        master.stop()
+    log = master.log_tail(200)
+    assert "client certificate user" not in log, log  # the handshake never completed
+    assert "logged in" not in log
+
+
+def test_slave_logs_in_to_master_with_external(tmp_path, pki):
+    master = external_master(tmp_path, pki, pki.ca)
+    with MupdateClient.connect(master.host, master.port) as c:
+        assert c.mechanisms == []  # mupdate_tls_required: nothing before TLS
+    cert = pki.client_admin
+    slave = OurSlave(
+        tmp_path / "slave",
+        master_address=master.address,
+        servername="fe1",
+        master_password="not-the-password",  # EXTERNAL needs none; a wrong one proves it
+        retry_delay=1,
+        extra_config={
+            "mupdate_starttls": "required",
+            "tls_server_ca_file": str(pki.ca),
+            "tls_client_cert": str(cert.cert),
+            "tls_client_key": str(cert.key),
+            "mupdate_retry_max": "3",
+        },
+    )
+    try:
+        slave.start()
+        with MupdateClient.connect(slave.host, slave.port) as reader:
+            reader.authenticate_plain("admin", "secret")
+            wait_until(lambda: "logged in to master" in slave.log_tail(200), 15, "slave login")
+        slave_log = slave.log_tail(200)
+        assert "as admin with EXTERNAL over TLS" in slave_log, slave_log
+    finally:
+        slave.stop()
+        master.stop()
+    master_log = master.log_tail(200)
+    assert "with EXTERNAL (a client certificate)" in master_log, master_log
+    assert "failed login" not in master_log
+
