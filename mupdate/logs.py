@@ -6,7 +6,8 @@ set by the config (``mupdate/config/log_settings.py``) and built here::
     RedactingObserver                       secret-named fields become "[redacted]"
       +- level filter (mupdate_log_level)
       |    +- text (twisted's format) or JSON lines, to stdout or twistd's --logfile
-      |    +- syslog (mupdate_syslog, mupdate_syslog_facility)
+      |    +- syslog (mupdate_syslog, mupdate_syslog_facility, mupdate_syslog_socket):
+      |       RFC 3164 datagrams written here, not through syslog(3) (see SyslogSocket)
       +- namespace filter "mupdate.audit"   every level, whatever mupdate_log_level says
            +- JSON lines appended to mupdate_audit_log (fsync with mupdate_audit_fsync)
 
@@ -26,16 +27,19 @@ redaction is the second line of defence.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
 import signal
+import socket
 import sys
-import syslog as _syslog
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final, Protocol
+from typing import IO, Any, Final
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -232,52 +236,168 @@ class JsonLinesObserver:
 
 
 # -- syslog ----------------------------------------------------------------------------
+#
+# Our own writer, not the stdlib's syslog(3): the same RFC 3164 line that glibc's syslog(3)
+# sends, "<PRI>Mmm dd hh:mm:ss IDENT[PID]: MESSAGE", as one datagram to a unix socket that
+# the config names (mupdate_syslog_socket, default /dev/log where journald, rsyslog or
+# syslog-ng listen on Debian). syslog(3) can only ever write to /dev/log, so a chroot, a
+# container with the socket elsewhere, or a test could not point it anywhere else. A syslog
+# daemon that is down, restarting or slow never blocks the reactor and never raises into
+# the log chain: the message is dropped and counted, and the next one reconnects.
 
-_PRIORITIES: Final = {
-    LogLevel.debug: _syslog.LOG_DEBUG,
-    LogLevel.info: _syslog.LOG_INFO,
-    LogLevel.warn: _syslog.LOG_WARNING,
-    LogLevel.error: _syslog.LOG_ERR,
-    LogLevel.critical: _syslog.LOG_CRIT,
+#: RFC 3164 facility numbers (the PRI is facility * 8 + severity).
+FACILITIES: Final = {
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    **{f"local{n}": 16 + n for n in range(8)},
 }
-
-
-class SyslogApi(Protocol):
-    def openlog(self, ident: str, logoption: int, facility: int) -> None: ...
-
-    def syslog(self, priority: int, message: str) -> None: ...
-
-
-class _StdlibSyslog:
-    def openlog(self, ident: str, logoption: int, facility: int) -> None:
-        _syslog.openlog(ident, logoption, facility)
-
-    def syslog(self, priority: int, message: str) -> None:
-        _syslog.syslog(priority, message)
+#: RFC 3164 severities of our levels (critical, error, warning, informational, debug).
+SEVERITIES: Final = {
+    LogLevel.debug: 7,
+    LogLevel.info: 6,
+    LogLevel.warn: 4,
+    LogLevel.error: 3,
+    LogLevel.critical: 2,
+}
+_MONTHS: Final = (
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+)
+#: Longer messages are cut (a datagram must fit the socket's buffer; lines are short anyway).
+SYSLOG_MAX_BYTES: Final = 8192
 
 
 def facility_code(name: str) -> int:
-    code: int = getattr(_syslog, "LOG_" + name.upper())
-    return code
+    """The facility as syslog(3)'s ``LOG_*`` constants give it (already shifted by 3)."""
+    return FACILITIES[name.lower()] << 3
+
+
+def syslog_line(priority: int, when: float, ident: str, pid: int, message: str) -> bytes:
+    """One RFC 3164 message as glibc writes it to /dev/log (local time, English month)."""
+    t = time.localtime(when)
+    stamp = f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    data = f"<{priority}>{stamp} {ident}[{pid}]: {message}".encode("utf-8", "backslashreplace")
+    return data[:SYSLOG_MAX_BYTES]
+
+
+class SyslogSocket:
+    """A non-blocking connection to a local syslog socket: datagrams, or NUL-terminated
+    messages on a stream socket (what glibc falls back to when the socket is not a datagram
+    one). ``send`` never raises.
+
+    A datagram socket queues only a few messages (Linux: ``net.unix.max_dgram_qlen``, 10)
+    until the daemon reads them, so a burst (a traceback is one message a line) fills it.
+    Like syslog(3), ``send`` then waits for room, but at most ``wait`` seconds; once a wait
+    has timed out (a daemon that is stuck, not slow) it drops without waiting until a
+    message goes through again, so the reactor is never held up for long."""
+
+    def __init__(self, path: Path, wait: float = 0.5) -> None:
+        self.path = path
+        self.wait = wait
+        self.dropped = 0  # messages lost to a missing, restarting or stuck syslog daemon
+        self._sock: socket.socket | None = None
+        self._stream = False
+        self._stuck = False
+
+    def send(self, data: bytes) -> bool:
+        for _ in range(2):  # a socket that went stale (syslogd restarted): reconnect once
+            sock = self._sock or self._connect()
+            if sock is None:
+                break
+            payload = data + b"\0" if self._stream else data
+            try:
+                sent = self._send(sock, payload)
+            except OSError:
+                self.close()
+                continue
+            if sent is None:
+                break
+            if sent != len(payload):  # a stream cut mid-message: start a fresh one
+                self.close()
+            return True
+        self.dropped += 1
+        return False
+
+    def _send(self, sock: socket.socket, payload: bytes) -> int | None:
+        """Bytes sent, or None when the daemon did not make room in time."""
+        try:
+            sent = sock.send(payload)
+        except BlockingIOError:
+            if self._stuck or not select.select([], [sock], [], self.wait)[1]:
+                self._stuck = True
+                return None
+            try:
+                sent = sock.send(payload)
+            except BlockingIOError:
+                self._stuck = True
+                return None
+        self._stuck = False
+        return sent
+
+    def _connect(self) -> socket.socket | None:
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(self.path))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EPROTOTYPE:
+                    continue  # a stream socket: try again as one
+                return None
+            self._sock, self._stream = sock, kind == socket.SOCK_STREAM
+            return sock
+        return None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 @implementer(ILogObserver)
 class SyslogObserver:
-    """The formatted text to syslog(3), one message a line (a traceback is several), at the
-    priority of the event's level, as ``IDENT[PID]`` with the configured facility."""
+    """The formatted text to syslog, one message a line (a traceback is several), at the
+    severity of the event's level, as ``IDENT[PID]`` with the configured facility."""
 
-    def __init__(self, ident: str, facility: str, api: SyslogApi | None = None) -> None:
-        self.api = api or _StdlibSyslog()
-        self.api.openlog(ident, _syslog.LOG_PID, facility_code(facility))
+    def __init__(self, ident: str, facility: str, path: Path) -> None:
+        self.ident = ident
+        self.facility = FACILITIES[facility.lower()]
+        self.socket = SyslogSocket(path)
 
     def __call__(self, event: LogEvent) -> None:
-        priority = _PRIORITIES.get(event.get("log_level", LogLevel.info), _syslog.LOG_INFO)
+        level = event.get("log_level", LogLevel.info)
+        priority = self.facility * 8 + SEVERITIES.get(level, 6)
+        when = event.get("log_time")
+        when = when if isinstance(when, int | float) else time.time()
         message = formatEvent(event)
         failure = event.get("log_failure")
         if isinstance(failure, Failure):
             message += "\n" + failure.getTraceback()
+        pid = os.getpid()  # read each time: twistd forks after building the observer
         for line in message.splitlines() or [""]:
-            self.api.syslog(priority, line.replace("\0", "\\0"))
+            line = line.replace("\0", "\\0")
+            self.socket.send(syslog_line(priority, when, self.ident, pid, line))
 
 
 # -- the chain -------------------------------------------------------------------------
@@ -315,7 +435,6 @@ def build_observer(
     settings: LogSettings,
     out: IO[str] | None,
     ident: str = "mupdate",
-    syslog_api: SyslogApi | None = None,
     audit_out: IO[str] | None = None,
 ) -> ILogObserver:
     """The whole chain for ``settings``; ``out`` None means syslog only (twistd --syslog)."""
@@ -325,7 +444,7 @@ def build_observer(
             JsonLinesObserver(out) if settings.format == "json" else textFileLogObserver(out)
         )
     if settings.syslog:
-        outputs.append(SyslogObserver(ident, settings.syslog_facility, syslog_api))
+        outputs.append(SyslogObserver(ident, settings.syslog_facility, settings.syslog_socket))
     level = LogLevel.levelWithName(settings.level)
     branches: list[ILogObserver] = [
         FilteringLogObserver(_Fanout(outputs), [LogLevelFilterPredicate(defaultLogLevel=level)])

@@ -2,7 +2,8 @@
 
 ``mupdate_log_format`` (text | json), ``mupdate_log_level`` (debug | info | warn | error |
 critical), ``mupdate_syslog`` with ``mupdate_syslog_facility`` (Cyrus sites read syslog;
-Cyrus logs to facility mail), and ``mupdate_audit_log`` (the ``mupdate.audit`` namespace as
+Cyrus logs to facility mail) and ``mupdate_syslog_socket`` (the local syslog socket, /dev/log
+as for Cyrus, or another path where a chroot or container puts it), and ``mupdate_audit_log`` (the ``mupdate.audit`` namespace as
 JSON lines in a file of its own) with ``mupdate_audit_fsync``. The observers are built in
 ``mupdate/logs.py``.
 """
@@ -48,6 +49,7 @@ class LogSettings:
     level: str = "info"
     syslog: bool = False
     syslog_facility: str = "mail"
+    syslog_socket: Path = Path("/dev/log")
     audit_log: Path | None = None
     audit_fsync: bool = False
 
@@ -81,6 +83,14 @@ def log_settings(values: Mapping[str, ConfigRecord]) -> LogSettings:
         fields["syslog_facility"] = _choice(
             values["mupdate_syslog_facility"], SYSLOG_FACILITIES, {}
         )
+    if "mupdate_syslog_socket" in values:
+        record = values["mupdate_syslog_socket"]
+        if not record.value.strip().startswith("/"):
+            raise LogSettingsError(
+                f"{_where(record)}: expected the absolute path of a unix socket, "
+                f"got {record.value!r}"
+            )
+        fields["syslog_socket"] = Path(record.value.strip())
     if "mupdate_audit_log" in values:
         value = values["mupdate_audit_log"].value.strip()
         fields["audit_log"] = Path(value) if value else None

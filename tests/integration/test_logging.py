@@ -1,8 +1,10 @@
 """Logging of real `twistd mupdate-master` / `mupdate-slave` processes (style.md §9).
 
-The config's mupdate_log_format, mupdate_log_level and mupdate_audit_log are honoured under
-plain `twistd -n mupdate-master --config F` (the plugin hands twistd its --logger), and no
-password, SASL payload or credential hash reaches any log, even at debug level.
+The config's mupdate_log_format, mupdate_log_level, mupdate_audit_log and mupdate_syslog*
+are honoured under plain `twistd -n mupdate-master --config F` (the plugin hands twistd its
+--logger), and no password, SASL payload or credential hash reaches any log, even at debug
+level. Syslog goes to a unix datagram socket the test binds (mupdate_syslog_socket), read
+back as the RFC 3164 datagrams a syslog daemon would get.
 No sleeps: every wait is the helpers' bounded readiness poll or a blocking read.
 """
 
@@ -10,6 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import socket
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -187,3 +193,93 @@ def test_no_secret_reaches_any_log_even_at_debug(tmp_path: Path) -> None:
         content = path.read_text(encoding="utf-8")
         for secret in secrets:
             assert secret not in content, f"{name} shows a secret"
+
+
+SYSLOG_LINE = re.compile(
+    rb"<(?P<pri>\d+)>[A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d (?P<ident>[\w.-]+)\[(?P<pid>\d+)\]: "
+    rb"(?P<message>.*)",
+    re.S,
+)
+
+
+class SyslogDaemon:
+    """A unix datagram socket where a syslog daemon would listen (sun_path is short), read
+    by a thread as a daemon reads it: a datagram socket queues only ~10 unread messages."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        directory = tmp_path if len(str(tmp_path)) < 90 else Path(tempfile.mkdtemp(dir="/tmp"))
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(directory / "dev-log"))
+        self.sock.settimeout(0.2)  # how often the reader looks at `stopping`
+        self.path = self.sock.getsockname()
+        self.received: list[bytes] = []
+        self.stopping = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                self.received.append(self.sock.recv(65536))
+            except TimeoutError:
+                if self.stopping.is_set():
+                    return  # the sender has exited and the queue is empty
+
+    def stop(self) -> list[bytes]:
+        self.stopping.set()
+        self.reader.join(timeout=10)
+        assert not self.reader.is_alive()
+        self.sock.close()
+        return self.received
+
+
+def test_syslog_from_a_real_master_reaches_the_socket_with_facility_ident_and_no_secret(
+    tmp_path: Path,
+) -> None:
+    syslogd = SyslogDaemon(tmp_path)
+    master = OurMaster(
+        tmp_path / "master",
+        password=MASTER_PASSWORD,
+        extra_config={
+            "mupdate_syslog": "yes",  # facility not set: mail, as Cyrus logs
+            "mupdate_syslog_socket": syslogd.path,
+            "mupdate_log_level": "debug",
+            "failedloginpause": "0",
+        },
+    )
+    try:
+        master.start()
+        with MupdateClient.connect(master.host, master.port) as client:
+            client.send_raw(
+                b'A01 AUTHENTICATE "PLAIN" '
+                + literal(base64.b64encode(f"\0admin\0{WRONG_PASSWORD}".encode()))
+                + b"\r\n"
+            )
+            assert b"A01 NO" in client.read_until_tagged(b"A01").raw
+        with MupdateClient.connect(master.host, master.port) as client:
+            assert b"L01 OK" in login_login(client, "admin", MASTER_PASSWORD)
+            assert client.command("RESERVE", "user.sys", "be1!p1").ok
+            assert client.command("ACTIVATE", "user.sys", "be1!p1", "sys\tlrs\t").ok
+        pid = master.proc.pid if master.proc is not None else -1
+    finally:
+        master.stop()
+        received = syslogd.stop()
+
+    messages = []
+    for data in received:
+        match = SYSLOG_LINE.fullmatch(data)
+        assert match is not None, data
+        facility, severity = divmod(int(match["pri"]), 8)
+        assert facility == 2, data  # LOG_MAIL
+        assert (match["ident"], int(match["pid"])) == (b"mupdate-master", pid)
+        messages.append((severity, match["message"].decode()))
+    assert any(sev == 6 and text.startswith("mupdate master ") for sev, text in messages)
+    assert (4, "failed login from") in {(sev, text[:17]) for sev, text in messages}
+    assert (6, "admin RESERVE user.sys: - -> be1!p1 (reserved)") in messages  # the audit line
+    assert (6, "admin ACTIVATE user.sys: be1!p1 -> be1!p1 (active)") in messages
+    assert any(sev == 7 for sev, _ in messages)  # debug reaches syslog at mupdate_log_level
+    everything = b"\n".join(received)
+    for secret in secret_forms(MASTER_PASSWORD) + secret_forms(WRONG_PASSWORD):
+        assert secret.encode() not in everything
+    assert b"Master-Pw" not in everything
+    assert b"Wrong-Pw" not in everything

@@ -6,8 +6,13 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import re
+import socket
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -52,17 +57,19 @@ def settings_of(conf: str) -> LogSettings:
 
 
 def test_defaults() -> None:
-    assert settings_of("") == LogSettings("text", "info", False, "mail", None, False)
+    assert settings_of("") == LogSettings(
+        "text", "info", False, "mail", Path("/dev/log"), None, False
+    )
 
 
 def test_every_key_is_read() -> None:
     conf = (
         "mupdate_log_format: JSON\nmupdate_log_level: warning\nmupdate_syslog: yes\n"
-        "mupdate_syslog_facility: local3\nmupdate_audit_log: /var/log/a.jsonl\n"
-        "mupdate_audit_fsync: on\n"
+        "mupdate_syslog_facility: local3\nmupdate_syslog_socket: /run/log.sock\n"
+        "mupdate_audit_log: /var/log/a.jsonl\nmupdate_audit_fsync: on\n"
     )
     assert settings_of(conf) == LogSettings(
-        "json", "warn", True, "local3", Path("/var/log/a.jsonl"), True
+        "json", "warn", True, "local3", Path("/run/log.sock"), Path("/var/log/a.jsonl"), True
     )
     assert settings_of("mupdate_audit_log:\n").audit_log is None
 
@@ -78,6 +85,10 @@ def test_every_key_is_read() -> None:
             "l.conf:1: mupdate_syslog_facility: expected one of mail",
         ),
         ("mupdate_audit_fsync: 2", "l.conf:1: mupdate_audit_fsync: expected yes or no"),
+        (
+            "mupdate_syslog_socket: dev/log",
+            "l.conf:1: mupdate_syslog_socket: expected the absolute path of a unix socket",
+        ),
     ],
 )
 def test_bad_values_name_file_line_and_key(line: str, message: str) -> None:
@@ -217,47 +228,188 @@ def test_redaction_does_not_change_the_event_other_observers_see() -> None:
 
 
 # -- syslog -------------------------------------------------------------------------------
+#
+# A real unix socket bound in tmp_path stands in for /dev/log: the observer writes to it
+# exactly what it writes to /dev/log (mupdate_syslog_socket), and the test reads the bytes.
+
+SYSLOG_LINE = re.compile(
+    rb"<(?P<pri>\d+)>(?P<stamp>[A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d) "
+    rb"(?P<ident>[\w.-]+)\[(?P<pid>\d+)\]: (?P<message>.*)",
+    re.S,
+)
 
 
-class FakeSyslog:
-    def __init__(self) -> None:
-        self.opened: tuple[str, int, int] | None = None
-        self.messages: list[tuple[int, str]] = []
-
-    def openlog(self, ident: str, logoption: int, facility: int) -> None:
-        self.opened = (ident, logoption, facility)
-
-    def syslog(self, priority: int, message: str) -> None:
-        self.messages.append((priority, message))
+def syslog_socket(directory: Path, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """A socket bound where a syslog daemon would listen (a short path: sun_path is small)."""
+    path = short_dir(directory) / "log"
+    sock = socket.socket(socket.AF_UNIX, kind)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    return sock
 
 
-def test_syslog_with_the_facility_priority_per_level_and_one_message_a_line() -> None:
-    import syslog
+def short_dir(directory: Path) -> Path:
+    if len(str(directory)) < 90:
+        return directory
+    return Path(tempfile.mkdtemp(prefix="log", dir="/tmp"))
 
-    api = FakeSyslog()
+
+def datagrams(sock: socket.socket) -> list[bytes]:
+    """Everything queued on the socket now (the observer has already sent it)."""
+    found = []
+    sock.setblocking(False)
+    try:
+        while True:
+            found.append(sock.recv(65536))
+    except BlockingIOError:
+        return found
+    finally:
+        sock.settimeout(5)
+
+
+def parsed(data: bytes) -> tuple[int, int, str, int, str]:
+    """(facility, severity, ident, pid, message) of one RFC 3164 datagram."""
+    match = SYSLOG_LINE.fullmatch(data)
+    assert match is not None, data
+    pri = int(match["pri"])
+    return pri >> 3, pri & 7, match["ident"].decode(), int(match["pid"]), match["message"].decode()
+
+
+def test_syslog_datagrams_carry_facility_severity_ident_pid_one_message_a_line(
+    tmp_path: Path,
+) -> None:
+    sock = syslog_socket(tmp_path)
     publisher, out = publisher_for(
-        LogSettings(syslog=True, syslog_facility="mail", level="debug"),
+        LogSettings(
+            syslog=True,
+            syslog_facility="local3",
+            syslog_socket=Path(sock.getsockname()),
+            level="debug",
+        ),
         ident="mupdate-master",
-        syslog_api=api,
     )
     log = Logger(namespace="mupdate.x", observer=publisher)
     log.debug("wire {tag}", tag="A1")
-    log.warn("failed login from {peer}", peer="p", password="pw")
+    log.info("started {count}", count=2)
+    log.warn("failed login from {peer}", peer="p", password="pw-Never-Shown")
+    log.error("guard {reason}", reason="local")
     log.critical("brake\nholds")
-    assert api.opened == ("mupdate-master", syslog.LOG_PID, syslog.LOG_MAIL)
-    assert api.messages == [
-        (syslog.LOG_DEBUG, "wire A1"),
-        (syslog.LOG_WARNING, "failed login from p"),
-        (syslog.LOG_CRIT, "brake"),
-        (syslog.LOG_CRIT, "holds"),
+    received = datagrams(sock)
+    assert [parsed(d)[:2] for d in received] == [
+        (19, 7),
+        (19, 6),
+        (19, 4),
+        (19, 3),
+        (19, 2),
+        (19, 2),
     ]
-    assert len(lines(out)) == 4  # stdout as well
+    assert {parsed(d)[2:4] for d in received} == {("mupdate-master", os.getpid())}
+    assert [parsed(d)[4] for d in received] == [
+        "wire A1",
+        "started 2",
+        "failed login from p",
+        "guard local",
+        "brake",
+        "holds",
+    ]
+    assert not any(b"pw-Never-Shown" in d for d in received)
+    assert len(lines(out)) == 6  # stdout as well
 
 
-def test_syslog_facility_codes() -> None:
+def test_syslog_timestamp_is_the_events_local_time_as_syslog3_writes_it() -> None:
+    when = time.mktime((2024, 3, 5, 7, 8, 9, 0, 0, -1))
+    assert logs.syslog_line(22, when, "mupdate-slave", 42, "x") == (
+        b"<22>Mar  5 07:08:09 mupdate-slave[42]: x"
+    )
+    assert len(logs.syslog_line(22, when, "m", 1, "y" * 20000)) == logs.SYSLOG_MAX_BYTES
+
+
+def test_syslog_facility_codes_are_syslog3s() -> None:
     import syslog
 
     assert logs.facility_code("local6") == syslog.LOG_LOCAL6
+    assert logs.facility_code("mail") == syslog.LOG_MAIL
+    assert logs.facility_code("authpriv") == syslog.LOG_AUTHPRIV
+
+
+def test_syslog_without_a_daemon_drops_and_later_reconnects(tmp_path: Path) -> None:
+    path = short_dir(tmp_path) / "log"
+    observer = logs.SyslogObserver("mupdate-master", "mail", path)
+    log = Logger(namespace="mupdate.x", observer=observer)
+    log.info("nobody listens")  # no socket yet: dropped, no exception
+    assert observer.socket.dropped == 1
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    log.info("now {state}", state="listening")
+    assert parsed(datagrams(sock)[0])[4] == "now listening"
+    sock.close()  # the daemon restarts: a new socket at the same path
+    path.unlink()
+    again = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    again.bind(str(path))
+    log.info("after {state}", state="restart")
+    assert [parsed(d)[4] for d in datagrams(again)] == ["after restart"]
+    assert observer.socket.dropped == 1
+    again.close()
+
+
+def test_syslog_waits_for_a_slow_daemon_in_a_burst(tmp_path: Path) -> None:
+    """A datagram socket holds ~10 unread messages; a burst longer than that waits for the
+    daemon (here a thread reading as fast as it can) instead of losing lines."""
+    sock = syslog_socket(tmp_path)
+    got: list[bytes] = []
+
+    def daemon() -> None:
+        while len(got) < 60:
+            got.append(sock.recv(65536))
+
+    reader = threading.Thread(target=daemon)
+    reader.start()
+    observer = logs.SyslogObserver("mupdate-master", "mail", Path(sock.getsockname()))
+    log = Logger(namespace="mupdate.x", observer=observer)
+    for n in range(60):
+        log.info("line {count}", count=n)
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    assert [parsed(d)[4] for d in got] == [f"line {n}" for n in range(60)]
+    assert observer.socket.dropped == 0
+
+
+def test_syslog_drops_rather_than_block_on_a_stuck_daemon(tmp_path: Path) -> None:
+    sock = syslog_socket(tmp_path)  # bound, never read: a stuck daemon
+    observer = logs.SyslogObserver("mupdate-master", "mail", Path(sock.getsockname()))
+    observer.socket.wait = 0.05
+    log = Logger(namespace="mupdate.x", observer=observer)
+    started = time.monotonic()
+    for n in range(40):
+        log.info("line {count}", count=n)
+    assert time.monotonic() - started < 5  # one bounded wait, then no more waiting
+    kept = datagrams(sock)
+    assert 0 < len(kept) < 40
+    assert observer.socket.dropped == 40 - len(kept)
+    log.info("after {state}", state="catching up")  # the daemon read: sent again
+    assert [parsed(d)[4] for d in datagrams(sock)] == ["after catching up"]
+
+
+def test_syslog_on_a_stream_socket_sends_nul_terminated_messages(tmp_path: Path) -> None:
+    server = syslog_socket(tmp_path, socket.SOCK_STREAM)
+    server.listen(1)
+    observer = logs.SyslogObserver("mupdate-slave", "daemon", Path(server.getsockname()))
+    log = Logger(namespace="mupdate.x", observer=observer)
+    log.warn("one")
+    conn, _ = server.accept()
+    log.info("two")
+    conn.settimeout(5)
+    data = b""
+    while data.count(b"\0") < 2:
+        chunk = conn.recv(4096)
+        assert chunk, data
+        data += chunk
+    first, second, rest = data.split(b"\0")
+    assert (parsed(first)[:2], parsed(first)[4]) == ((3, 4), "one")
+    assert (parsed(second)[:2], parsed(second)[4]) == ((3, 6), "two")
+    assert rest == b""
+    conn.close()
+    server.close()
 
 
 # -- the audit file ---------------------------------------------------------------------------

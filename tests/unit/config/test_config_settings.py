@@ -435,6 +435,12 @@ SAMPLE_KEYS: dict[str, tuple[Getter, object, str, object]] = {
     "mupdate_log_level": (lambda s: s.log.level, "info", "warning", "warn"),
     "mupdate_syslog": (lambda s: s.log.syslog, False, "yes", True),
     "mupdate_syslog_facility": (lambda s: s.log.syslog_facility, "mail", "local6", "local6"),
+    "mupdate_syslog_socket": (
+        lambda s: s.log.syslog_socket,
+        Path("/dev/log"),
+        "/run/systemd/journal/dev-log",
+        Path("/run/systemd/journal/dev-log"),
+    ),
     "mupdate_audit_fsync": (lambda s: s.log.audit_fsync, False, "yes", True),
 }
 # Read only to refuse a unified master; not a field of the settings.
