@@ -4,7 +4,8 @@ Server side: ``server_options`` gives the ``CertificateOptions`` a listener hand
 ``startTLS`` (STARTTLS) or to ``TLSMemoryBIOFactory`` (implicit TLS): the certificate and key
 from ``tls_server_cert``/``tls_server_key``, client certificates requested and verified when
 ``tls_client_ca_file``/``_dir`` is set (``tls_client_certs: require`` makes one mandatory),
-``tls_versions`` (TLS 1.2 minimum unless told otherwise) and ``tls_ciphers``.
+``tls_versions`` (TLS 1.2 minimum unless told otherwise) and ``tls_ciphers`` (given to
+OpenSSL as written, as Cyrus does).
 
 Client side: ``client_options`` verifies the server's certificate against
 ``tls_server_ca_file``/``_dir`` (else the system store) *and* the host name through
@@ -28,7 +29,11 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509, PKey
 from twisted.internet import ssl
 from twisted.internet._sslverify import IOpenSSLTrustRoot
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IAcceptableCiphers,
+    ICipher,
+    IOpenSSLClientConnectionCreator,
+)
 from zope.interface import implementer
 
 from mupdate.config.tls_settings import ClientTls, ServerTls
@@ -85,6 +90,27 @@ def _load_key(path: Path) -> PKey:
     return PKey.from_cryptography_key(key)  # type: ignore[arg-type]  # any key type OpenSSL takes
 
 
+@implementer(ICipher)
+class _CipherString:
+    def __init__(self, text: str) -> None:
+        self.fullName = text
+
+
+@implementer(IAcceptableCiphers)
+class _VerbatimCiphers:
+    """``tls_ciphers`` handed to OpenSSL as written, as Cyrus does (SSL_CTX_set_cipher_list).
+    Twisted's ``AcceptableCiphers`` keeps only cipher names and drops directives such as
+    ``@SECLEVEL=0``, without which OpenSSL 3 refuses TLS 1.0 and 1.1 whatever
+    ``tls_versions`` says. CertificateOptions joins the ``fullName`` of what this selects
+    into the string it gives OpenSSL, so one entry holding the whole string passes it on."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def selectCiphers(self, availableCiphers: tuple[ICipher]) -> tuple[ICipher]:
+        return (_CipherString(self._text),)
+
+
 def _version_options(versions: tuple[str, ...], ciphers: str) -> dict[str, Any]:
     # tls_versions lists what is allowed; OpenSSL takes a range, so use lowest..highest.
     options: dict[str, Any] = {
@@ -92,10 +118,11 @@ def _version_options(versions: tuple[str, ...], ciphers: str) -> dict[str, Any]:
         "lowerMaximumSecurityTo": _VERSION[versions[-1]],
     }
     if ciphers:
-        try:
-            options["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(ciphers)
-        except Exception as exc:  # OpenSSL's own error for an unusable string
+        try:  # checked here, so a bad string is a configuration error, not a failed handshake
+            SSL.Context(SSL.TLS_METHOD).set_cipher_list(ciphers.encode("ascii"))
+        except (SSL.Error, UnicodeEncodeError) as exc:
             raise TlsConfigError(f"tls_ciphers {ciphers!r}: {exc}") from None
+        options["acceptableCiphers"] = _VerbatimCiphers(ciphers)
     return options
 
 

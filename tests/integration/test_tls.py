@@ -5,6 +5,8 @@ stripping refused, implicit TLS, PLAIN withheld before TLS).
 
 from __future__ import annotations
 
+import ssl
+import warnings
 from typing import Any
 
 import pytest
@@ -227,3 +229,65 @@ def test_slave_logs_in_to_master_with_external(tmp_path, pki):
     assert "with EXTERNAL (a client certificate)" in master_log, master_log
     assert "failed login" not in master_log
 
+
+# -- protocol versions: TLS 1.2 minimum by default, tls_versions to change it --------------
+
+V = ssl.TLSVersion
+#: Under OpenSSL 3, TLS 1.0 and 1.1 also need security level 0 (they sign with SHA-1):
+#: tls_versions alone does not bring them back; tls_ciphers must lower the level too.
+LEGACY = {"tls_versions": "tls1_1 tls1_2 tls1_3", "tls_ciphers": "DEFAULT:@SECLEVEL=0"}
+
+
+def starttls_with(master: OurMaster, pki: Pki, maximum: ssl.TLSVersion) -> MupdateClient:
+    """A raw session upgraded by a Python ``ssl`` client that offers at most ``maximum``
+    (and anything from TLS 1.0 up: the client itself never stands in the way)."""
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1 / TLSv1_1 are deprecated
+        context.minimum_version = V.TLSv1
+        context.maximum_version = maximum
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    c = MupdateClient.connect(master.host, master.port, timeout=10)
+    try:
+        c.send_raw(b"S01 STARTTLS\r\n")
+        assert c.read_response().raw.startswith(b"S01 OK"), c.transcript
+        c.sock = context.wrap_socket(c.sock, server_hostname=master.host)
+        c.greeting = []
+        c._read_greeting()  # the banner again, under TLS
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+@pytest.mark.parametrize(
+    ("config", "maximum", "expected"),
+    [
+        ({}, V.TLSv1, None),  # the default master: TLS 1.2 minimum
+        ({}, V.TLSv1_1, None),
+        ({}, V.TLSv1_2, "TLSv1.2"),
+        (LEGACY, V.TLSv1_1, "TLSv1.1"),
+        ({"tls_versions": "tls1_1 tls1_2 tls1_3"}, V.TLSv1_1, None),  # security level 2
+        ({"tls_versions": "tls1_3"}, V.TLSv1_2, None),
+        ({"tls_versions": "tls1_3"}, V.TLSv1_3, "TLSv1.3"),
+    ],
+    ids=["default-1.0", "default-1.1", "default-1.2", "legacy-1.1", "level-1.1", "1.3-1.2", "1.3"],
+)
+def test_master_tls_versions(tmp_path, pki, config, maximum, expected):
+    if maximum in (V.TLSv1, V.TLSv1_1) and not (ssl.HAS_TLSv1 and ssl.HAS_TLSv1_1):
+        pytest.skip("this Python's OpenSSL cannot speak TLS 1.0/1.1 at all")
+    master = tls_master(tmp_path, pki, **config)
+    try:
+        if expected is None:
+            with pytest.raises(ssl.SSLError) as info:
+                starttls_with(master, pki, maximum)
+            reason = str(info.value.reason)
+            assert "PROTOCOL_VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason, info.value
+        else:
+            with starttls_with(master, pki, maximum) as c:
+                assert c.sock.version() == expected  # type: ignore[attr-defined]
+                assert not any(r.kind == b"STARTTLS" for r in c.greeting)
+                assert c.authenticate_plain("admin", "secret").ok
+    finally:
+        master.stop()
+    assert ("logged in" in master.log_tail(200)) == (expected is not None)
