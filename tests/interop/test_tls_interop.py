@@ -4,7 +4,8 @@ Topology (this module only; our master always, whatever MUPDATE_INTEROP_MASTER s
 
     be1 (Cyrus backend)     --tap-be1--> our master (certificate from the test CA,
     fe1 (Cyrus frontend)    --tap-fe1--> mupdate_tls_required: yes, default mechanisms)
-    cm  (Cyrus master, --tls)  <--tap-cm-- our slave (STARTTLS, mupdate_tls_verify: no)
+    cm  (Cyrus master, --tls, only SCRAM-SHA-256)  <--tap-cm-- our slave (STARTTLS required,
+                                                   mupdate_tls_verify: no)
 
 A Cyrus client starts TLS only when nothing it can use is offered in clear (§3.3 point 2):
 our master offers no mechanism at all before TLS (``* AUTH`` empty), so the Cyrus backend and
@@ -24,7 +25,7 @@ from tests.helpers.certs import Pki, make_pki
 from tests.helpers.cyrus import CyrusMurder, Node, Tap, wait_until
 from tests.helpers.ourmaster import OurMaster
 from tests.helpers.ourslave import OurSlave
-from tests.helpers.rawmupdate import MupdateClient
+from tests.helpers.rawmupdate import Entry, MupdateClient
 
 pytestmark = pytest.mark.interop
 
@@ -125,18 +126,30 @@ def test_cyrus_frontend_slave_syncs_from_our_master_over_tls(topo: Topology) -> 
     assert not any(line.startswith("C> A01 AUTHENTICATE") for line in lines)
 
 
-def test_our_slave_syncs_from_a_cyrus_master_over_starttls(topo: Topology) -> None:
+def test_our_slave_syncs_from_a_cyrus_master_over_starttls_with_scram(topo: Topology) -> None:
+    """A Cyrus master offering only SCRAM-SHA-256 (admin's secret in its sasldb) and
+    STARTTLS: our slave, requiring STARTTLS, starts TLS first and then logs in with SCRAM
+    under it (no -PLUS: Cyrus binds tls-unique, and the mechanism list has none)."""
     murder = topo.murder
-    cm = murder.master("cm", servername="cyrus-master", extra=["--tls"])
+    cm = murder.master("cm", servername="cyrus-master", extra=["--tls", "--mechs", "SCRAM-SHA-256"])
     tap = murder.tap("tap-cm", to=cm.mupdate_addr)
     with MupdateClient.connect("127.0.0.1", cm.mupdate_port) as c:
         assert any(r.kind == b"STARTTLS" for r in c.greeting), c.greeting
-        assert c.authenticate_plain("admin", "secret").ok
-        assert c.command(b"ACTIVATE", "user.tlscarol", "be9!default", "").ok
+        assert c.mechanisms == [b"SCRAM-SHA-256"], c.greeting
+    # Our raw helper only does PLAIN: Cyrus's own mupdatetest writes the entry with SCRAM.
+    made = murder.mupdatetest(
+        cm.mupdate_addr,
+        'ACTIVATE "user.tlscarol" "be9!default" ""',
+        cyrus=True,
+        mech="SCRAM-SHA-256",
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert 'X01 OK "done"' in made.stdout, made.stdout
     slave = OurSlave(
         murder.base_dir / "our-slave",
         master_address=tap.addr,
         servername="fe9",
+        master_username="admin",
         retry_delay=2,
         extra_config={"mupdate_tls_verify": "no", "mupdate_starttls": "required"},
     )
@@ -144,11 +157,17 @@ def test_our_slave_syncs_from_a_cyrus_master_over_starttls(topo: Topology) -> No
         slave.start()
         with MupdateClient.connect(slave.host, slave.port) as reader:
             assert reader.authenticate_plain("admin", "secret").ok
-            wait_until(lambda: reader.find("user.tlscarol"), 30, "user.tlscarol on our slave")
+            found = wait_until(lambda: reader.find("user.tlscarol"), 30, "user.tlscarol")
+            assert isinstance(found, Entry)
+            assert found.location == b"be9!default", found
         log = slave.log_tail(300)
-        assert "over TLS" in log, log
+        assert "as admin with SCRAM-SHA-256 over TLS" in log, log
     finally:
         slave.stop()
     lines = wire(tap)
     assert "C> S01 STARTTLS" in lines, "\n".join(lines[:40])
     assert any(line.startswith("<S S01 OK") for line in lines)
+    # Only TLS records after the OK: no AUTHENTICATE, no stream in clear.
+    starttls = lines.index("C> S01 STARTTLS")
+    assert not any(line.startswith("C> A01 ") for line in lines), "\n".join(lines[:40])
+    assert all("UPDATE" not in line for line in lines[starttls:]), "\n".join(lines[:40])
