@@ -16,9 +16,10 @@ After the login, each line read from stdin (a terminal or a pipe) becomes one co
 
 What is sent is shown as ``C: <line>`` and every line the server sends as ``S: <line>``,
 exactly as received (literals included, so a literal spans lines), with bytes that are not
-printable UTF-8 shown as ``\\xHH``. The session ends when the server closes the connection:
-after LOGOUT (exit 0), or on its own (exit 4). At the end of stdin a ``LOGOUT`` is sent
-unless one was.
+printable UTF-8 shown as ``\\xHH``. The session ends when the connection closes: after
+LOGOUT's tagged reply (the tool closes its side then, as a server may wait for the client to
+close first; exit 0), or when the server closes it on its own (exit 4). At the end of stdin
+a ``LOGOUT`` is sent unless one was.
 
 The glue hands the logged-in connection from the tool's ``MupdateClientProtocol`` to a
 printer protocol (the client protocol would take unrequested lines as a violation), and
@@ -152,10 +153,14 @@ def compose(line: bytes, next_tag: Callable[[], bytes]) -> RawCommand | None:
 
 
 class ServerPrinter(Protocol):
-    """Shows each line the server sends; fires ``closed`` when the connection is gone."""
+    """Shows each line the server sends, then hands it to ``seen``; fires ``closed`` when
+    the connection is gone."""
 
-    def __init__(self, emit: Callable[[str], None]) -> None:
+    def __init__(
+        self, emit: Callable[[str], None], seen: Callable[[bytes], None] = lambda _: None
+    ) -> None:
         self._emit = emit
+        self._seen = seen
         self._buffer = b""
         self.closed: Deferred[None] = Deferred()
 
@@ -163,7 +168,9 @@ class ServerPrinter(Protocol):
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
-            self._emit("S: " + show(line.removesuffix(b"\r")))
+            line = line.removesuffix(b"\r")
+            self._emit("S: " + show(line))
+            self._seen(line)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._buffer:
@@ -252,6 +259,7 @@ class RawSession:
         self._fds = (stdin, stdout)
         self._tags = 0
         self._logout_sent = False
+        self._logout_tag: bytes | None = None
         self._server_gone = False
         self._give_up_call: IDelayedCall | None = None
         self._timed_out = False
@@ -270,7 +278,7 @@ class RawSession:
         self._stdio = StandardIO(  # type: ignore[call-arg]  # mypy reads _win32stdio's signature
             reader, stdin=stdin, stdout=stdout, reactor=self._reactor
         )
-        printer = ServerPrinter(self._emit)
+        printer = ServerPrinter(self._emit, self._server_line)
         hand_over(self._client, printer)
         await printer.closed
         self._server_gone = True
@@ -306,7 +314,20 @@ class RawSession:
     def _send(self, command: RawCommand) -> None:
         self._emit("C: " + show(command.wire.removesuffix(b"\r\n")))
         self._transport.write(command.wire)
-        self._logout_sent = self._logout_sent or command.is_logout
+        if command.is_logout and not self._logout_sent:
+            self._logout_sent, self._logout_tag = True, command.tag
+
+    def _server_line(self, line: bytes) -> None:
+        """After the LOGOUT's tagged reply the session is over: close our side too.
+
+        A server may wait for the client to close first: under TLS our master's close
+        waits for the peer's close_notify, and a Cyrus client closes after LOGOUT anyway.
+        """
+        if self._logout_tag is None:
+            return
+        tag, _, rest = line.partition(b" ")
+        if tag == self._logout_tag and rest[:3].upper() in (b"OK ", b"NO ", b"BAD"):
+            self._transport.loseConnection()
 
     def _input_ended(self) -> None:
         if self._server_gone:

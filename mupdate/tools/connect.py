@@ -137,8 +137,13 @@ def resolve_target(args: argparse.Namespace, *, prompt: bool = True) -> Target:
             records = last_values(parse_imapd_conf(text, args.config))
             values = {k: r.value for k, r in records.items()}
             tls = client_tls(records)
-        except (OSError, ConfigFileError, ValueError) as exc:
-            raise ToolError(f"cannot use --config {args.config}: {exc}", EXIT_USAGE) from None
+        except OSError as exc:
+            raise ToolError(
+                f"cannot use --config {args.config}: {exc.strerror}", EXIT_USAGE
+            ) from None
+        except (ConfigFileError, ValueError) as exc:  # these name the file and line already
+            where = str(exc) if str(exc).startswith(args.config) else f"{args.config}: {exc}"
+            raise ToolError(f"cannot use --config {where}", EXIT_USAGE) from None
     tls = _tls_flags(args, tls)
     try:
         default_port = args.port or int(values.get("mupdate_port", DEFAULT_PORT))
@@ -245,7 +250,7 @@ async def open_session(reactor: object, target: Target) -> tuple[MupdateClientPr
         raise ToolError(f"TLS: {exc}", EXIT_USAGE) from None
     except (TlsRequired, TlsFailed) as exc:
         protocol.close()
-        raise ToolError(f"{target.address}: {exc}", EXIT_CONNECTION) from None
+        raise ToolError(tls_failure(target, str(exc)), EXIT_CONNECTION) from None
     except AuthenticationFailed as exc:
         protocol.close()
         raise ToolError(
@@ -258,3 +263,15 @@ async def open_session(reactor: object, target: Target) -> tuple[MupdateClientPr
             f"cannot reach a MUPDATE server at {target.address}: {exc}", EXIT_CONNECTION
         ) from None
     return protocol, info
+
+
+def tls_failure(target: Target, text: str) -> str:
+    """The operator's line for a refused TLS session: where, why, and for a certificate that
+    did not verify, which CA it was checked against."""
+    if target.address not in text:
+        text = f"{target.address}: {text}"
+    if "certificate verify failed" in text:
+        tls = target.tls
+        against = tls.ca_file or tls.ca_dir or "the system's CA store"
+        text += f" (checked against {against}; --ca-file or tls_server_ca_file names the CA)"
+    return text
