@@ -40,6 +40,7 @@ SUMMARY_RX = re.compile(
     r"^mupdate-push: activated (\d+), deleted (\d+), conflicts (\d+), unchanged (\d+), "
     r"refused (\d+), skipped (\d+) in ([0-9.]+) s"
 )
+PROGRESS_RX = re.compile(r"^mupdate-push: [a-z -]+ \d+/\d+$")
 EXTRA = 60  # mailboxes made in bulk, so the push has a list worth timing
 
 
@@ -375,6 +376,56 @@ def test_mass_delete_brake_stops_before_changing_anything(topo: Topology) -> Non
     assert forced.returncode == 0, forced
     assert forced.summary()["deleted"] == len(ghosts)
     assert topo.list("be1!") == expected_entries(topo.murder, topo.be1)
+
+
+def progress_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if PROGRESS_RX.match(line)]
+
+
+def test_progress_on_stderr_and_the_summary_line(topo: Topology) -> None:
+    """--progress (stderr is a pipe here, not a terminal) every --progress-every steps and at
+    the last one, per phase; without --progress a pipe gets no progress lines."""
+    expected = expected_entries(topo.murder, topo.be1)
+    total = len(expected)
+    assert total > 50  # the bulk mailboxes: several progress lines per phase
+    topo.wipe_master()
+
+    quiet = run_push(topo.be1, "--dry-run", "--progress-every", "1")
+    assert quiet.returncode == 0, quiet
+    assert progress_lines(quiet.stderr) == []  # 1 line per FIND if it were on
+    assert quiet.summary()["activated"] == total
+
+    dry = run_push(topo.be1, "--dry-run", "--progress", "--progress-every", "25")
+    assert dry.returncode == 0, dry
+    steps = [*range(25, total, 25), total]
+    assert progress_lines(dry.stderr) == [f"mupdate-push: finding {n}/{total}" for n in steps]
+    assert dry.stdout.splitlines()[-1].startswith(
+        f"mupdate-push: activated {total}, deleted 0, conflicts 0, unchanged 0, refused 0, "
+        "skipped 0 in "
+    )
+    assert dry.stdout.splitlines()[-1].endswith(" s (dry run, nothing changed)")
+    assert topo.list() == []
+
+    real = run_push(topo.be1, "--progress", "--progress-every", "30")
+    assert real.returncode == 0, real
+    steps = [*range(30, total, 30), total]
+    assert progress_lines(real.stderr) == [
+        *(f"mupdate-push: finding {n}/{total}" for n in steps),
+        *(f"mupdate-push: activating {n}/{total}" for n in steps),
+    ]
+    # the rest of stderr: the source line, nothing else
+    others = [line for line in real.stderr.splitlines() if not PROGRESS_RX.match(line)]
+    assert len(others) == 1, real
+    assert others[0].startswith(f"mupdate-push: {total} local mailboxes from "), real
+    summary = real.stdout.splitlines()[-1]
+    assert SUMMARY_RX.match(summary), real
+    assert summary.startswith(
+        f"mupdate-push: activated {total}, deleted 0, conflicts 0, unchanged 0, refused 0, "
+        "skipped 0 in "
+    )
+    assert "(dry run" not in summary
+    assert real.summary()["seconds"] <= real.seconds
+    assert topo.list() == expected
 
 
 # ------------------------------------------- same end state as Cyrus's own ctl_mboxlist -m
