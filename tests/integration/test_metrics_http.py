@@ -4,8 +4,11 @@
 A master and a slave run as subprocesses with the HTTP listener on a free port. /metrics is
 parsed with prometheus_client's own parser and every sample name is checked against the
 names we publish; /status is checked field by field; /health is 200 when serving and 503
-(with its reason) for a slave with an empty copy whose master is down. The only waits are
-the processes' bounded start-up polls (ourmaster.py); HTTP reads have timeouts.
+(with its reason) for a slave with an empty copy whose master is down. Failures are
+provoked for real: a wrong password (SASL), a STARTTLS whose handshake gets junk (TLS), and
+a unified slave re-announcing a local mailbox its master lost (heal). Waits are the
+processes' bounded start-up polls (ourmaster.py) and bounded polls of /metrics for a count
+the server updates when a connection ends; HTTP reads have timeouts.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers.cyrus import PortAllocator, repo_root
+from tests.helpers.certs import Pki, session_pki  # noqa: F401 - fixture
+from tests.helpers.cyrus import PortAllocator, repo_root, wait_until
 from tests.helpers.ourmaster import OurMaster, _env, our_master_available
 from tests.helpers.ourslave import OurSlave
 from tests.helpers.rawmupdate import MupdateClient, literal
@@ -107,21 +111,50 @@ def login(node: OurMaster) -> MupdateClient:
     return c
 
 
-@pytest.fixture
-def master(tmp_path):
+def start_master(workdir: Path, **config: str) -> OurMaster:
     http = PortAllocator()()
     m = OurMaster(
-        tmp_path / "master",
+        workdir,
         servername="m1",
-        extra_config={**http_listen(http), "failedloginpause": "0"},
+        extra_config={**http_listen(http), "failedloginpause": "0", **config},
     )
     m.http = http  # type: ignore[attr-defined]
     m.start()
+    return m
+
+
+@pytest.fixture
+def master(tmp_path):
+    m = start_master(tmp_path / "master")
     yield m
     m.stop()
 
 
-def test_master_metrics_status_and_health(master):
+@pytest.fixture
+def tls_master(tmp_path, session_pki: Pki):  # noqa: F811 - the imported fixture
+    """A master offering STARTTLS (its certificate from the test PKI)."""
+    pair = session_pki.server
+    m = start_master(
+        tmp_path / "master", tls_server_cert=str(pair.cert), tls_server_key=str(pair.key)
+    )
+    yield m
+    m.stop()
+
+
+def failed_starttls(node: OurMaster) -> None:
+    """STARTTLS answered OK, then bytes that are no TLS ClientHello: the server's handshake
+    fails and it closes the connection."""
+    with MupdateClient.connect(node.host, node.port, timeout=20) as c:
+        c.send_raw(b"T01 STARTTLS\r\n")
+        assert c.read_until_tagged(b"T01").ok
+        c.send_raw(b"this is not a TLS ClientHello\r\n" * 4)
+        c.sock.settimeout(20)
+        while c.sock.recv(4096):  # the server's alert, if any, then its close
+            pass
+
+
+def test_master_metrics_status_and_health(tls_master):
+    master = tls_master
     port = master.http
     with login(master) as c:
         assert c.command("RESERVE", "user.a", "be1!p").ok
@@ -135,12 +168,17 @@ def test_master_metrics_status_and_health(master):
         plain = literal(base64.b64encode(b"\0admin\0nope"))
         wrong.send_raw(b'A01 AUTHENTICATE "PLAIN" ' + plain + b"\r\n")
         assert wrong.read_until_tagged(b"A01").raw.startswith(b"A01 NO")
+    tls_failures = ("mupdate_tls_handshake_failures_total", frozenset())
+    assert scrape(port)[tls_failures] == 0
+    failed_starttls(master)
+    wait_until(lambda: scrape(port)[tls_failures] == 1, 20, "the TLS failure to be counted")
     streamer = login(master)
     with streamer:
         streamer.send_raw(b"U01 UPDATE\r\n")
         assert streamer.read_until_tagged(b"U01").ok
 
         s = scrape(port)
+        assert s[tls_failures] == 1
         assert names(s) == COMMON | MASTER_ONLY | PER_STREAM
         info = ("mupdate_info", frozenset({("role", "master"), ("servername", "m1"), ("version", "0.1.0")}))  # fmt: skip
         assert s[info] == 1
@@ -232,6 +270,48 @@ def test_slave_metrics_status_and_health_once_synced(tmp_path, master):
         record = json.loads(as_json.stdout)
         assert record["kind"] == "status"
         assert record["sync"]["state"] == "synced"
+    finally:
+        slave.stop()
+
+
+def cyrus_header(partition: Path, name: str) -> None:
+    directory = partition.joinpath(*name.split("."))
+    directory.mkdir(parents=True)
+    (directory / "cyrus.header").write_bytes(b"\xa1\x02\x8b\x0dCyrus mailbox header\n")
+
+
+def test_unified_slave_heal_actions_are_scraped(tmp_path, master):
+    """A unified backend's slave re-announces a local mailbox (a cyrus.header on its
+    partition) that the master no longer lists: one heal action, result healed."""
+    partition = tmp_path / "be1-spool"
+    cyrus_header(partition, "user.local")
+    with login(master) as c:
+        assert c.command("ACTIVATE", "user.local", "be1!default", "o\tlrs\t").ok
+        assert c.command("ACTIVATE", "user.other", "be2!default", "").ok
+    slave = make_slave(tmp_path, master.address, mode="unified", partitions={"default": partition})
+    slave.servername = "be1"
+    slave.start()  # its copy now holds user.local at its own location
+    with login(slave) as reader:
+        assert reader.find("user.local") is not None
+    slave.stop()
+    with login(master) as c:  # the master loses it while the slave is away
+        assert c.command("DELETE", "user.local").ok
+        assert c.find("user.local") is None
+    slave.start()
+    try:
+        healed = ("mupdate_heal_actions_total", frozenset({("result", "healed")}))
+        wait_until(lambda: scrape(slave.http).get(healed) == 1, 30, "the heal to be counted")
+        s = scrape(slave.http)
+        assert names(s) == COMMON | SLAVE_ONLY | {"mupdate_heal_actions_total"}
+        assert s[("mupdate_heal_actions_total", frozenset({("result", "conflict")}))] == 0
+        assert s[("mupdate_heal_actions_total", frozenset({("result", "failed")}))] == 0
+        with login(master) as c:
+            back = c.find("user.local")
+        assert back is not None
+        assert back.location == b"be1!default"
+        status = json.loads(get(slave.http, "/status")[2])
+        assert status["heal"] == {"healed": 1, "conflicts": 0, "failures": 0}
+        assert status["mode"] == "unified"
     finally:
         slave.stop()
 
