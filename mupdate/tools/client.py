@@ -27,7 +27,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final, NoReturn, TextIO
+from typing import Any, Final, TextIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import TimeoutError as TxTimeout
@@ -54,9 +54,9 @@ from mupdate.tools.connect import (
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_REFUSED,
-    EXIT_USAGE,
     Target,
     ToolError,
+    ToolParser,
     add_connection_options,
     open_session,
     resolve_target,
@@ -99,15 +99,8 @@ def _host(text: str) -> str:
     return text
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line, like every other error (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{PROG}: {message} (see '{self.prog} --help' for usage)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ToolParser(
         prog=PROG,
         description="Query a MUPDATE server (RFC 3656, Cyrus murder) from the shell.",
         epilog=(

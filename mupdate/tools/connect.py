@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 
@@ -37,6 +37,15 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_CONNECTION = 4
 EXIT_AUTH = 5
+
+
+class ToolParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (exit 2); subcommand parsers made
+    through ``add_subparsers`` are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        tool = self.prog.split()[0]
+        self.exit(EXIT_USAGE, f"{tool}: {message} (see '{self.prog} --help' for usage)\n")
 
 
 class ToolError(Exception):

@@ -40,6 +40,7 @@ from mupdate.tools.connect import (
     EXIT_REFUSED,
     EXIT_USAGE,
     ToolError,
+    ToolParser,
     add_connection_options,
     open_session,
     resolve_target,
@@ -83,7 +84,7 @@ class Outcome:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="mupdate-push", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     add_connection_options(parser)

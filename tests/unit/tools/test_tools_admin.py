@@ -215,11 +215,36 @@ def test_data_dir_overrides_the_config_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "unused").exists()
 
 
-def test_missing_action_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data-dir", "x"], "the following arguments are required: ACTION"),
+        (["--data-dir", "x", "bogus"], "argument ACTION: invalid choice: 'bogus'"),
+        (["--data-dir", "x", "conflicts", "--jsn"], "unrecognized arguments: --jsn"),
+    ],
+)
+def test_bad_arguments_are_one_usage_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
-        admin("--data-dir", "x")
+        admin(*argv)
     assert info.value.code == 2
-    assert capsys.readouterr().err.startswith("usage: mupdate-admin")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"mupdate-admin: {message}"), line
+    assert line.endswith("--help' for usage)"), line
+
+
+@pytest.mark.parametrize("action", ["export", "verify", "conflicts", "import"])
+def test_a_file_that_is_not_a_database_is_one_line_and_exit_1(
+    tmp_path: Path, action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "mupdate.sqlite3"
+    database.write_bytes(b"not an SQLite database\n" * 100)
+    document = '{"format": "mupdate-export", "version": 1, "entries": []}'
+    assert admin("--data-dir", str(tmp_path), action, stdin=document) == (1, "")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"mupdate-admin: {database}: cannot open: file is not a database"
+    assert database.read_bytes() == b"not an SQLite database\n" * 100
 
 
 def test_progress_on_stderr_with_progress_or_a_tty(
@@ -251,3 +276,63 @@ def test_progress_on_stderr_with_progress_or_a_tty(
     assert admin("--data-dir", str(source), "export")[0] == 0
     assert capsys.readouterr().err == "mupdate-admin: exported 3 entries\n"
     assert admin("--data-dir", str(source), "export", "--progress-every", "0")[0] == 2
+
+
+CONFLICTING = [
+    MailboxEntry(b"user.alice", EntryState.ACTIVE, b"be1!default", b"alice\tlrs\t"),  # fine
+    MailboxEntry(b"user.bob", EntryState.RESERVED, b"be2!p"),
+    MailboxEntry(b"user.carol.Archive", EntryState.ACTIVE, b"be1!", b"carol\tlrs\t"),
+    MailboxEntry(b"user.dave", EntryState.ACTIVE, b"be3", b"dave\tlrs\t"),
+    MailboxEntry(b"user.\xe9ve", EntryState.RESERVED, b"be1!"),  # two kinds, 8-bit name
+]
+
+
+def test_conflicts_text_names_each_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_store(tmp_path, CONFLICTING)
+    code, out = admin("--data-dir", str(tmp_path), "conflicts")
+    assert code == 1
+    assert out.splitlines() == [
+        "reserved         user.bob            be2!p",
+        "empty-partition  user.carol.Archive  be1!",
+        "no-server        user.dave           be3",
+        "reserved         user.\\xe9ve         be1!",
+        "empty-partition  user.\\xe9ve         be1!",
+    ]
+    assert capsys.readouterr().err == "mupdate-admin: 5 entr(ies) need an operator\n"
+
+
+def test_conflicts_json_field_by_field(tmp_path: Path) -> None:
+    make_store(tmp_path, CONFLICTING)
+    code, out = admin("--data-dir", str(tmp_path), "conflicts", "--json")
+    assert code == 1
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"conflict": "reserved", "name": "user.bob", "location": "be2!p", "state": "reserved"},
+        {
+            "conflict": "empty-partition",
+            "name": "user.carol.Archive",
+            "location": "be1!",
+            "state": "active",
+        },
+        {"conflict": "no-server", "name": "user.dave", "location": "be3", "state": "active"},
+        {
+            "conflict": "reserved",
+            "name": {"base64": "dXNlci7pdmU="},
+            "location": "be1!",
+            "state": "reserved",
+        },
+        {
+            "conflict": "empty-partition",
+            "name": {"base64": "dXNlci7pdmU="},
+            "location": "be1!",
+            "state": "reserved",
+        },
+    ]
+
+
+def test_no_conflicts_exits_0_with_nothing_on_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_store(tmp_path, [e for e in ENTRIES if e.active])
+    assert admin("--data-dir", str(tmp_path), "conflicts") == (0, "")
+    assert admin("--data-dir", str(tmp_path), "conflicts", "--json") == (0, "")
+    assert capsys.readouterr().err == "mupdate-admin: 0 entr(ies) need an operator\n" * 2
