@@ -94,10 +94,13 @@ class Watch:
                 for entry in dump:
                     self._write(fmt.json_line(fmt.watch_record(entry, change=False)))
         else:
-            rows = [] if changes_only else [fmt.entry_row(entry) for entry in dump]
+            # widths from the dump even when it is not shown, so the changes line up with
+            # the header for names like those already there; STATE fits every state word
+            rows = [fmt.entry_row(entry) for entry in dump]
             self._widths = fmt.column_widths(rows)
+            self._widths[1] = max(self._widths[1], len("MAILBOX"))
             self._write(fmt.format_row(fmt.HEADER, self._widths))
-            for row in rows:
+            for row in [] if changes_only else rows:
                 self._write(fmt.format_row(row, self._widths))
         self._out.flush()
 

@@ -341,6 +341,20 @@ def test_watch_text_with_hosts_sees_only_their_changes(fresh_master):
     assert (code, rest, err) == (0, "", "")
 
 
+def test_watch_changes_only_lines_up_with_the_header(fresh_master):
+    """The dump is not shown, but its widths are used: changes line up under the header."""
+    proc, reader = start_watch(fresh_master, "--changes-only", "--count", "1")
+    try:
+        header = reader.line()
+        assert header == "NAME             STATE    LOCATION     ACL"
+        write(fresh_master, (b"RESERVE", b"user.w", b"be2!p"))
+        change = reader.line()
+    finally:
+        code, rest, err = finish(proc)
+    assert columns([header, change]) == [("user.w", "RESERVE", "be2!p", "-")]
+    assert (code, rest, err) == (0, "", "")
+
+
 def test_watch_ends_cleanly_on_sigint(master):
     proc, reader = start_watch(master, "--changes-only")
     try:
