@@ -15,6 +15,12 @@ A slave's sync state is one of:
 Its health is good once it has a copy to serve (from an earlier run or a first sync), as
 readers are answered from then on; a slave with an empty copy and no sync yet makes readers
 wait, so it reports 503 with the reason.
+
+A master is unhealthy while its store does not take writes: when the last commit failed
+(every write is answered NO until one succeeds again: the next write, or the tombstone
+expiry, at least hourly), or when one commit has been running for ``STUCK_COMMIT`` seconds
+(a disk that stopped answering, or another process holding the database's write lock), as
+writers then wait for their OK. Reads (FIND, LIST, streams) are served from memory either way.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ if TYPE_CHECKING:
     from mupdate.slave.uplink import Uplink
 
 SYNC_STATES: Final = ("syncing", "synced", "held", "disconnected")
+#: Seconds one store commit may run before a master reports itself unhealthy (a batch of
+#: writes commits in milliseconds; a very large import through the control socket may be
+#: reported for as long as it runs, and writers wait for it meanwhile).
+STUCK_COMMIT: Final = 5.0
 
 #: Connection states as reported: the engine's states folded into what an operator sees.
 CONNECTION_STATES: Final = ("not_authenticated", "authenticated", "streaming", "closing")
@@ -137,6 +147,13 @@ class MasterStatus:
         }
 
     def health(self) -> tuple[bool, str]:
+        committer = self._handler.committer
+        if committer.last_failure is not None:
+            return False, f"the last store commit failed: {committer.last_failure}"
+        started = committer.batch_started
+        if started is not None and committer.now() - started >= STUCK_COMMIT:
+            running = committer.now() - started
+            return False, f"a store commit has been running for {running:.0f} s"
         return True, "ok"
 
 

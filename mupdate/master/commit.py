@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
@@ -71,6 +71,11 @@ class GroupCommitter(Generic[T]):
         self.largest_batch = 0
         #: Told each durable batch's size and its commit time on the worker (metrics).
         self.observe: Callable[[int, float], None] = lambda size, seconds: None
+        #: For /health (status.py): when the running batch went to the worker (by ``now``),
+        #: and why the last commit failed, until one succeeds again.
+        self.now: Callable[[], float] = monotonic
+        self.batch_started: float | None = None
+        self.last_failure: str | None = None
 
     @property
     def busy(self) -> bool:
@@ -112,6 +117,7 @@ class GroupCommitter(Generic[T]):
     def _start(self) -> None:
         batch, self._queue = self._queue, []
         self._in_flight = batch
+        self.batch_started = self.now()
         changes = [p.change for p in batch]
 
         def commit() -> float:  # on the store's worker: the transaction and its fsync
@@ -124,6 +130,7 @@ class GroupCommitter(Generic[T]):
 
     def _committed(self, seconds: object) -> None:
         batch, self._in_flight = self._in_flight, []
+        self.batch_started, self.last_failure = None, None
         self.observe(len(batch), seconds if isinstance(seconds, float) else 0.0)
         self.batches += 1
         self.committed += len(batch)
@@ -151,6 +158,7 @@ class GroupCommitter(Generic[T]):
         )
         failed = self._in_flight + self._queue
         self._in_flight, self._queue = [], []
+        self.batch_started, self.last_failure = None, str(failure.value)
         self._recovering = True
         for pending in failed:
             pending.fail(str(failure.value))

@@ -7,6 +7,7 @@ is printed once and stored only as a salted hash.
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import sys
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService
+from twisted.internet.defer import succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
@@ -33,6 +35,7 @@ from mupdate.master.control import SOCKET_NAME, ControlFactory
 from mupdate.master.service import MasterHandler
 from mupdate.metrics import watch_master
 from mupdate.net.daemon import StoreDaemon
+from mupdate.net.sdnotify import notify_systemd
 from mupdate.net.server import MupdateServerFactory
 from mupdate.sasl.credentials import hash_password, write_credentials
 from mupdate.status import MasterStatus
@@ -165,6 +168,11 @@ def makeService(options: Options) -> IService:
     if not options["config"]:
         ensure_default_credential(settings, sys.stdout)
     try:
-        return MasterService(settings, reactor)
+        service = MasterService(settings, reactor)
     except DirectoryLocked as exc:
         raise SystemExit(f"mupdate-master: {exc}: is another master running?") from exc
+    # Under systemd (Type=notify): READY=1 once listening, STATUS=, WATCHDOG=1 (sdnotify.py).
+    assert service.factory is not None
+    status = MasterStatus(service.process_facts("master"), service.factory, service.handler)
+    notify_systemd(service, reactor, status, lambda: succeed(None), os.environ)
+    return service

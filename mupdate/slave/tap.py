@@ -7,6 +7,7 @@ A slave needs a config file: at least ``mupdate_server`` (the master) and
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from mupdate.db.store import StoreError
 from mupdate.logs import use_for_twistd
 from mupdate.metrics import watch_slave
 from mupdate.net.daemon import StoreDaemon
+from mupdate.net.sdnotify import notify_systemd
 from mupdate.net.server import MupdateServerFactory
 from mupdate.protocol.texts import ROLE_SLAVE_PREFIX
 from mupdate.slave.brake import BrakeSettings
@@ -218,6 +220,12 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     try:
-        return SlaveService(options["settings"], reactor)
+        service = SlaveService(options["settings"], reactor)
     except DirectoryLocked as exc:
         raise SystemExit(f"mupdate-slave: {exc}: is another slave running?") from exc
+    # Under systemd (Type=notify): READY=1 once it has a copy to serve (sdnotify.py).
+    assert service.factory is not None
+    facts = service.process_facts("slave")
+    status = SlaveStatus(facts, service.factory, service.handler, service.uplink, service.healer)
+    notify_systemd(service, reactor, status, service.handler.when_ready, os.environ)
+    return service

@@ -227,6 +227,39 @@ def test_master_status_document(tmp_path):
     assert status.health() == (True, "ok")
 
 
+def test_master_health_follows_the_store(tmp_path):
+    """503 while one commit runs past STUCK_COMMIT, and after a failed commit until the next
+    one succeeds; 200 otherwise."""
+    from mupdate.status import STUCK_COMMIT
+    from tests.helpers.memstore import InMemoryStore
+
+    runner, store = ManualRunner(), InMemoryStore()
+    rig = watched_master(tmp_path, store=store, runner=runner)
+    rig.handler.committer.now = rig.clock.seconds
+    facts = ProcessFacts("master", "m", "0.1.0", tmp_path / "db", 0.0, rig.clock.seconds)
+    status = MasterStatus(facts, rig.factory, rig.handler)
+    conn = rig.login()
+    conn.send(b'R1 RESERVE "user.a" "be1!p"\r\n')
+    assert status.health() == (True, "ok")  # a commit that is running, not yet for long
+    rig.clock.advance(STUCK_COMMIT)
+    assert status.health() == (False, "a store commit has been running for 5 s")
+    runner.run_all()
+    assert b"R1 OK" in conn.transport.value()
+    assert status.health() == (True, "ok")
+
+    store.fail_next = True
+    conn.send(b'R2 RESERVE "user.b" "be1!p"\r\n')
+    runner.run_all()  # the commit fails, then the index is reloaded from the store
+    assert b"R2 NO" in conn.transport.value()
+    healthy, reason = status.health()
+    assert not healthy
+    assert reason.startswith("the last store commit failed: ")
+    conn.send(b'R3 RESERVE "user.c" "be1!p"\r\n')
+    runner.run_all()
+    assert b"R3 OK" in conn.transport.value()
+    assert status.health() == (True, "ok")
+
+
 # -- slave --------------------------------------------------------------------------------
 
 

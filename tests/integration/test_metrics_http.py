@@ -4,7 +4,8 @@
 A master and a slave run as subprocesses with the HTTP listener on a free port. /metrics is
 parsed with prometheus_client's own parser and every sample name is checked against the
 names we publish; /status is checked field by field; /health is 200 when serving and 503
-(with its reason) for a slave with an empty copy whose master is down. Failures are
+(with its reason) for a slave with an empty copy whose master is down, and for a master
+whose commit waits on a database another process has locked. Failures are
 provoked for real: a wrong password (SASL), a STARTTLS whose handshake gets junk (TLS), and
 a unified slave re-announcing a local mailbox its master lost (heal). Waits are the
 processes' bounded start-up polls (ourmaster.py) and bounded polls of /metrics for a count
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -208,6 +211,26 @@ def test_master_metrics_status_and_health(tls_master):
 
     assert get(port, "/health") == (200, "text/plain; charset=utf-8", "ok\n")
     assert get(port, "/nothing")[0] == 404
+
+
+def test_master_is_unhealthy_while_its_store_cannot_commit(master):
+    """Another process holds the database's write lock: the master's commit waits for it
+    (SQLite's busy timeout), the writer waits for its OK, and /health says so until the
+    lock goes and the commit ends."""
+    database = sqlite3.connect(master.store_dir / "mupdate.sqlite3", isolation_level=None)
+    try:
+        database.execute("BEGIN IMMEDIATE")
+        with login(master) as c:
+            c.send_raw(b'R1 RESERVE "user.locked" "be1!p"\r\n')
+            wait_until(lambda: get(master.http, "/health")[0] == 503, 30, "a 503 from /health")
+            code, _, body = get(master.http, "/health")
+            assert code == 503
+            assert re.fullmatch(r"unavailable: a store commit has been running for \d+ s\n", body)
+            database.execute("ROLLBACK")
+            assert c.read_until_tagged(b"R1").ok
+        assert get(master.http, "/health") == (200, "text/plain; charset=utf-8", "ok\n")
+    finally:
+        database.close()
 
 
 def make_slave(tmp_path: Path, master_address: str, **kw: object) -> OurSlave:

@@ -6,8 +6,9 @@ insists the binary exists) and must produce no warning about it, and by
 ``systemd-analyze security --offline=yes``, whose overall exposure must stay low. Without it
 those two are skipped; the key checks below run everywhere: a small parser of the unit
 syntax (sections, ``Key=value``, repeated keys, backslash continuations) checks the required
-keys and values: the foreground twistd command line with --config, a dedicated user,
-Restart=on-failure, and the sandboxing the operator's guide promises.
+keys and values: the foreground twistd command line with --config, Type=notify with a
+watchdog, a dedicated user, Restart=on-failure, and the sandboxing the operator's guide
+promises.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ def test_unit_runs_twistd_in_the_foreground_as_a_dedicated_user(name):
     assert argv[1:] == ["-n", "--pidfile=", "--logfile=-", plugin, "--config", config]
     assert service["User"][-1] not in ("", "root", "nobody")
     assert service["Restart"] == ["on-failure"]
-    assert service["Type"][-1] in ("simple", "exec")
+    # twistd sends READY=1 / STATUS= / WATCHDOG=1 itself (mupdate/net/sdnotify.py, tested
+    # with a real notify socket in tests/integration/test_sdnotify.py).
+    assert service["Type"][-1] == "notify"
+    assert service["NotifyAccess"][-1] == "main"  # twistd -n is the main process
+    assert re.fullmatch(r"\d+(s|min)", service["WatchdogSec"][-1])
     assert data_dir in service["ReadWritePaths"][-1].split()
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
     assert "network-online.target" in unit["Unit"]["After"][-1]
