@@ -37,6 +37,10 @@ DEFAULT_LISTEN: Final = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
 #: Offered by default, strongest first: SCRAM (``-PLUS`` only under TLS, where the channel
 #: binding exists), then PLAIN and LOGIN (only where plaintext passwords are allowed).
 DEFAULT_MECHANISMS: Final = SUPPORTED_MECHANISMS
+#: How PLAIN and LOGIN passwords are checked (Cyrus/libsasl ``sasl_pwcheck_method``, tried in
+#: order until one accepts): ``auxprop`` is our credentials file, ``saslauthd`` the daemon.
+PWCHECK_METHODS: Final = ("auxprop", "saslauthd")
+DEFAULT_SASLAUTHD_PATH: Final = Path("/var/run/saslauthd/mux")  # libsasl's on Debian
 
 _DURATION: Final = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
@@ -66,6 +70,17 @@ def parse_duration(record: ConfigRecord) -> float:
 
 def parse_words(record: ConfigRecord) -> tuple[str, ...]:
     return tuple(record.value.split())
+
+
+def parse_pwcheck(record: ConfigRecord) -> tuple[str, ...]:
+    words = tuple(dict.fromkeys(w.lower() for w in record.value.split()))
+    unknown = [w for w in words if w not in PWCHECK_METHODS]
+    if not words or unknown:
+        raise SettingsError(
+            f"{_where(record)}: expected {' and/or '.join(PWCHECK_METHODS)} (tried in the order "
+            f"given), got {record.value!r}"
+        )
+    return words
 
 
 def parse_size(record: ConfigRecord) -> int:
@@ -156,6 +171,9 @@ class ServerSettings:
     allow_plaintext: bool = False
     loopback_plaintext: bool = True
     mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS
+    pwcheck: tuple[str, ...] = ("auxprop",)  # sasl_pwcheck_method (PLAIN and LOGIN only)
+    saslauthd_path: Path = DEFAULT_SASLAUTHD_PATH  # sasl_saslauthd_path: its socket
+    saslauthd_timeout: float = 10.0  # mupdate_saslauthd_timeout: connect to reply
     failed_login_pause: float = 3.0
     auth_attempts_max: int = 3  # failed AUTHENTICATEs per connection, then * BYE
     login_timeout: float = 60.0  # seconds from connect to a successful login, then * BYE
@@ -233,6 +251,14 @@ def server_fields(values: Mapping[str, ConfigRecord], default_servername: str) -
                 f"supported: {' '.join(DEFAULT_MECHANISMS)}"
             )
         out["mechanisms"] = mechs
+    if "sasl_pwcheck_method" in values:
+        out["pwcheck"] = parse_pwcheck(values["sasl_pwcheck_method"])
+    if "sasl_saslauthd_path" in values:
+        out["saslauthd_path"] = Path(values["sasl_saslauthd_path"].value)
+    if "mupdate_saslauthd_timeout" in values:
+        out["saslauthd_timeout"] = parse_duration(values["mupdate_saslauthd_timeout"])
+        if out["saslauthd_timeout"] == 0:
+            raise SettingsError(f"{_where(values['mupdate_saslauthd_timeout'])}: must be above 0")
     if "failedloginpause" in values:
         out["failed_login_pause"] = parse_duration(values["failedloginpause"])
     if "mupdate_auth_attempts_max" in values:
@@ -300,6 +326,8 @@ class SlaveSettings(ServerSettings):
     retry_max: float = 300.0  # cap on the reconnect delay after repeated failures
     murder_mode: str = "standard"  # standard | unified
     partitions: tuple[tuple[str, Path], ...] = ()
+    hashimapspool: bool = False  # Cyrus's spool layout (legacy directories), for the guard
+    fulldirhash: bool = False
     local_servernames: frozenset[str] = frozenset()
     heal: bool | None = None  # None: on in unified mode, off otherwise
     brake_share: float = 0.5
@@ -394,6 +422,9 @@ def slave_settings(
         for key, record in sorted(values.items())
         if key.startswith("partition-") and record.value
     )
+    for key in ("hashimapspool", "fulldirhash"):
+        if key in values:
+            fields[key] = parse_bool(values[key])
     if "mupdate_local_servernames" in values:
         fields["local_servernames"] = frozenset(parse_words(values["mupdate_local_servernames"]))
     if "mupdate_heal" in values:

@@ -1,12 +1,13 @@
 """What one master or slave process owns, and the order it lets go of it (style.md §5).
 
 The data directory's lock, the SQLite store with its single worker thread, the threads that
-run password checks, and the listeners: ``mupdate_listen`` endpoints (STARTTLS offered there
-when a certificate is configured) and ``mupdate_tls_listen`` endpoints, TLS from the first
-byte (implicit TLS, §3.3 point 4); and, with ``mupdate_metrics_listen``, the HTTP
-``/metrics``, ``/status`` and ``/health`` listener. ``stopService`` stops listening, closes the
-sessions, waits until every write already accepted is durable, and only then closes the
-store, so twistd exits clean and an acknowledged write is never cut off.
+run password checks (and the saslauthd client, with ``sasl_pwcheck_method: saslauthd``),
+and the listeners: ``mupdate_listen`` endpoints (STARTTLS offered there when a certificate
+is configured) and ``mupdate_tls_listen`` endpoints, TLS from the first byte (implicit TLS,
+§3.3 point 4); and, with ``mupdate_metrics_listen``, the HTTP ``/metrics``, ``/status`` and
+``/health`` listener. ``stopService`` stops listening, closes the sessions, waits until
+every write already accepted is durable, and only then closes the store, so twistd exits
+clean and an acknowledged write is never cut off.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mupdate.db.lock import DirectoryLock
 from mupdate.db.sqlite import SqliteStore
 from mupdate.db.store import MailboxStore
 from mupdate.metrics import Metrics, ProcessCollector
+from mupdate.net.saslauthd import SaslauthdChecker
 from mupdate.net.server import MupdateServerFactory
 from mupdate.net.status_http import StatusSource, status_site
 from mupdate.sasl.credentials import CredentialsFile
@@ -41,19 +43,37 @@ T = TypeVar("T")
 
 
 class PasswordChecker:
-    """Runs the slow hash check on its own thread pool; hands out SCRAM stored keys."""
+    """Checks a PLAIN or LOGIN password with each ``sasl_pwcheck_method`` in turn until one
+    accepts, as libsasl does: ``auxprop`` is the credentials file (the slow hash, on its own
+    thread pool), ``saslauthd`` the daemon. SCRAM keys always come from the file."""
 
     def __init__(
-        self, credentials: CredentialsFile, reactor: IReactorThreads, pool: ThreadPool
+        self,
+        credentials: CredentialsFile,
+        reactor: IReactorThreads,
+        pool: ThreadPool,
+        methods: tuple[str, ...] = ("auxprop",),
+        saslauthd: SaslauthdChecker | None = None,
     ) -> None:
         self._credentials = credentials
         self._reactor = reactor
         self._pool = pool
+        self._methods = methods
+        self._saslauthd = saslauthd
 
     def check(self, user: str, password: bytes) -> Deferred[bool]:
-        return deferToThreadPool(
-            self._reactor, self._pool, self._credentials.verify, user, password
-        )
+        async def run() -> bool:
+            for method in self._methods:
+                if method == "saslauthd" and self._saslauthd is not None:
+                    ok = await self._saslauthd.check(user, password)
+                else:
+                    verify = self._credentials.verify
+                    ok = await deferToThreadPool(self._reactor, self._pool, verify, user, password)
+                if ok:
+                    return True
+            return False
+
+        return Deferred.fromCoroutine(run())
 
     def scram_mechanisms(self) -> frozenset[str]:
         return self._credentials.scram_mechanisms()
@@ -82,8 +102,13 @@ class StoreDaemon(MultiService):
         self.store_pool = ThreadPool(minthreads=1, maxthreads=1, name=f"{name}-store")
         self.auth_pool = ThreadPool(minthreads=1, maxthreads=2, name=f"{name}-auth")
         self.store: MailboxStore = store() if store is not None else SqliteStore(database)
+        saslauthd = None
+        if "saslauthd" in settings.pwcheck:
+            path, timeout = settings.saslauthd_path, settings.saslauthd_timeout
+            saslauthd = SaslauthdChecker(reactor, reactor, path, timeout)
+        credentials = CredentialsFile(settings.credentials_path)
         self.checker = PasswordChecker(
-            CredentialsFile(settings.credentials_path), reactor, self.auth_pool
+            credentials, reactor, self.auth_pool, settings.pwcheck, saslauthd
         )
         self.factory: MupdateServerFactory | None = None
         self._drain: Callable[[], Deferred[None]] | None = None

@@ -15,6 +15,12 @@ from mupdate.sasl.mechanisms import (
     client_mechanism,
     server_mechanism,
 )
+from mupdate.sasl.saslauthd import (
+    ReplyDecoder,
+    SaslauthdError,
+    SaslauthdReply,
+    encode_request,
+)
 from mupdate.sasl.scram import (
     PLUS_MECHANISMS,
     SCRAM_MECHANISMS,
@@ -37,6 +43,9 @@ __all__ = [
     "CredentialsError",
     "CredentialsFile",
     "Failure",
+    "ReplyDecoder",
+    "SaslauthdError",
+    "SaslauthdReply",
     "ScramClient",
     "ScramKeys",
     "ScramServer",
@@ -45,6 +54,7 @@ __all__ = [
     "Success",
     "UserCredential",
     "client_mechanism",
+    "encode_request",
     "hash_password",
     "make_credential",
     "make_keys",

@@ -210,8 +210,12 @@ class CredentialsFile:
         """The SCRAM mechanisms every user in the file has keys for. A server offers only
         these, so a file written before SCRAM keeps its users on PLAIN and LOGIN (a client
         such as Cyrus's takes the strongest mechanism offered and never falls back) until
-        ``mupdate-passwd add`` has given each of them SCRAM keys."""
+        ``mupdate-passwd add`` has given each of them SCRAM keys. An empty or missing file
+        offers none: with ``sasl_pwcheck_method: saslauthd`` PLAIN and LOGIN must stay the
+        strongest mechanisms offered, or such a client would pick a SCRAM nobody can pass."""
         self._refresh()
+        if not self._users:
+            return frozenset()
         common = frozenset(SCRAM_MECHANISMS)
         for credential in self._users.values():
             common &= credential.scram.keys()

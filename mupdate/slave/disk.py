@@ -1,12 +1,17 @@
-"""Is a mailbox on one of our partitions? The guard's ``on_disk`` fact (design.md "Slave").
+"""Where Cyrus keeps a mailbox on a partition: the legacy spool paths (design.md "Slave").
 
-Reads the filesystem, never writes it; the one impure helper beside the pure decisions.
-Only Cyrus's "legacy" spool layout with ``hashimapspool: no`` is understood: a mailbox's
-directory is its internal name with ``.`` turned into ``/``; a ``^`` (an IMAP dot, §11.1) stays
-``^`` on disk (seen on Cyrus 3.6 with ``mailbox_legacy_dirs: yes``),
-under ``domain/<domain>/`` for a ``domain!name``. Cyrus 3.6's default uuid layout
-(``mailbox_legacy_dirs: no``) hides names behind uniqueids: there ``on_disk`` answers False,
-and with ``mupdate_slave_store: cyrus`` Cyrus's own records (no server) say what is local.
+Cyrus 3.6 has two layouts. The *legacy* one (``mailbox_legacy_dirs: yes``, and every
+mailbox created before 3.6) names a mailbox's directory after its internal name: ``.``
+turns into ``/``, a ``^`` (an IMAP dot, §11.1) stays ``^``, a ``domain!name`` lives under
+``domain/<domain>/``; with ``hashimapspool: yes`` a one-letter directory goes before the
+name and before the domain (Cyrus's ``mboxname_hash`` and ``dir_hash_c``, ``fulldirhash``
+choosing the letter). The *uuid* one (3.6's default) keeps it at
+``uuid/<c1>/<c2>/<uniqueid>/``: only the ``cyrus.header`` inside names the mailbox (see
+``scan.py``, which finds every header; this module is its fast path and its fallback).
+
+``header_path`` and ``make_on_disk`` answer "is there a header for this name?" with one
+``stat`` per partition, for the legacy layout only. ``legacy_names`` goes the other way, from
+a directory path to the names it can hold, for headers that do not name their mailbox.
 
 A name that could escape the partition (``/``, NUL, an empty, ``.`` or ``..`` path part)
 has no header path; a header reached through a symlink out of the partition is not ours.
@@ -16,39 +21,84 @@ Imports nothing from Twisted.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 HEADER: Final = "cyrus.header"
+UUID_DIR: Final = b"uuid"
+DOMAIN_DIR: Final = b"domain"
 
 _LEGACY: Final = bytes.maketrans(b".", b"/")
 
 
-def _parts(text: bytes, what: str) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class SpoolLayout:
+    """Cyrus's ``hashimapspool`` and ``fulldirhash``: how legacy directories are hashed."""
+
+    hashed: bool = False
+    full: bool = False
+
+
+def dir_hash(name: bytes, full: bool) -> bytes:
+    """Cyrus's ``dir_hash_c``: the letter of a hashed spool directory, from a name part.
+
+    Cyrus hashes the part as it holds it in ``mbname`` boxes, where ``^`` is a dot again;
+    the full hash stops at the first dot, the simple one is the lower-cased first letter
+    (``q`` for anything else).
+    """
+    name = name.replace(b"^", b".")
+    if full:
+        n = 0
+        for byte in name.split(b".", 1)[0]:
+            n = (((n << 3) ^ (n >> 5)) ^ byte) & 0xFFFFFFFF
+        return bytes([ord("A") + n % 23])
+    first = name[:1].lower()
+    return first if first.isalpha() and first.isascii() else b"q"
+
+
+def _hash_part(parts: Sequence[bytes], full: bool) -> bytes:
+    # Cyrus hashes the second box (``alice`` of user.alice), or the first when alone.
+    return dir_hash(parts[1] if len(parts) > 1 else parts[0], full)
+
+
+def _parts(text: bytes, what: str) -> list[bytes]:
     if b"/" in text or b"\0" in text:
         raise ValueError(f"{what} holds '/' or NUL: {text!r}")
     parts = text.translate(_LEGACY).split(b"/")
     if any(part in (b"", b".", b"..") for part in parts):
         raise ValueError(f"{what} has an empty, '.' or '..' path part: {text!r}")
-    return [os.fsdecode(part) for part in parts]
+    return parts
 
 
-def header_path(partition: Path, name: bytes) -> Path:
-    """``<partition>/[domain/<domain>/]<name, '.' -> '/'>/cyrus.header`` ('^' kept).
+def header_path(partition: Path, name: bytes, layout: SpoolLayout = SpoolLayout()) -> Path:
+    """``<partition>/[domain/<domain>/]<name, '.' -> '/'>/cyrus.header`` ('^' kept), with
+    Cyrus's hash letters when ``layout.hashed``.
 
     Raises ``ValueError`` for a name whose path would not stay inside ``partition``.
     """
     domain, bang, rest = name.partition(b"!")
     if not bang:
-        return partition.joinpath(*_parts(name, "mailbox name"), HEADER)
-    if b"/" in domain or b"\0" in domain or domain in (b"", b".", b".."):
+        domain, rest = b"", name
+    elif b"/" in domain or b"\0" in domain or domain in (b"", b".", b".."):
         raise ValueError(f"domain is empty, '.', '..' or holds '/' or NUL: {name!r}")
-    return partition.joinpath("domain", os.fsdecode(domain), *_parts(rest, "mailbox name"), HEADER)
+    boxes = _parts(rest, "mailbox name")
+    path: list[bytes] = []
+    if domain:
+        path.append(DOMAIN_DIR)
+        if layout.hashed:
+            path.append(dir_hash(domain, layout.full))
+        path.append(domain)
+    if layout.hashed:
+        path.append(_hash_part(boxes, layout.full))
+    return partition.joinpath(*(os.fsdecode(p) for p in path + boxes), HEADER)
 
 
-def make_on_disk(partitions: Iterable[Path]) -> Callable[[bytes], bool]:
-    """A predicate: does ``name`` have a regular ``cyrus.header`` under one of ``partitions``?
+def make_on_disk(
+    partitions: Iterable[Path], layout: SpoolLayout = SpoolLayout()
+) -> Callable[[bytes], bool]:
+    """A predicate: does ``name`` have a regular legacy ``cyrus.header`` on a partition?
 
     Partitions are resolved once, here. A missing file is False; a fault that hides the
     answer (permission denied, I/O error) raises ``OSError`` rather than claim "not here".
@@ -58,7 +108,7 @@ def make_on_disk(partitions: Iterable[Path]) -> Callable[[bytes], bool]:
     def on_disk(name: bytes) -> bool:
         for root in roots:
             try:
-                path = header_path(root, name)
+                path = header_path(root, name, layout)
             except ValueError:
                 return False
             real = Path(os.path.realpath(path))
@@ -67,3 +117,50 @@ def make_on_disk(partitions: Iterable[Path]) -> Callable[[bytes], bool]:
         return False
 
     return on_disk
+
+
+def is_uuid_dir(parts: Sequence[bytes]) -> bool:
+    """``uuid/<c1>/<c2>/<id>`` with ``c1``, ``c2`` the first two bytes of ``id``."""
+    return (
+        len(parts) == 4
+        and parts[0] == UUID_DIR
+        and len(parts[3]) >= 2
+        and parts[1] == parts[3][:1]
+        and parts[2] == parts[3][1:2]
+    )
+
+
+def _is_hash_of(letter: bytes, part: bytes) -> bool:
+    return letter in (dir_hash(part, False), dir_hash(part, True))
+
+
+def _unhashed(parts: Sequence[bytes]) -> list[Sequence[bytes]]:
+    """``parts`` as written, and without a leading hash letter when it is the right one."""
+    readings = [parts]
+    if len(parts) > 1 and len(parts[0]) == 1:
+        rest = parts[1:]
+        if _is_hash_of(parts[0], rest[1] if len(rest) > 1 else rest[0]):
+            readings.append(rest)
+    return readings
+
+
+def legacy_names(parts: Sequence[bytes]) -> frozenset[bytes]:
+    """The names a legacy directory (path parts below the partition) may belong to.
+
+    Without the layout settings a path can be read more than one way (``c/user/carol`` is
+    ``user.carol`` hashed, or ``c.user.carol``; ``domain/x/y`` is ``x!y`` or ``domain.x.y``):
+    every reading is returned. A name too many is only kept, never removed; a name too few
+    could be lost. A uuid directory names nothing.
+    """
+    if not parts or is_uuid_dir(parts):
+        return frozenset()
+    names = {b".".join(reading) for reading in _unhashed(parts)}
+    tail = parts[1:]
+    if parts[0] == DOMAIN_DIR and len(tail) >= 2:
+        domains = [tail]  # domain/<domain>/..., or domain/<letter>/<domain>/... when hashed
+        if len(tail) >= 3 and len(tail[0]) == 1 and _is_hash_of(tail[0], tail[1]):
+            domains.append(tail[1:])
+        for domain, *rest in domains:
+            for reading in _unhashed(rest):
+                names.add(domain + b"!" + b".".join(reading))
+    return frozenset(names)

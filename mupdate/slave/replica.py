@@ -6,6 +6,11 @@ and each change published to the streams this slave serves. Stream lines that ar
 a resync is being applied wait in order and are applied after it. Every streamed change
 goes through the guard too (Cyrus guards only the resync, §9.3), then through the same
 group committer the master uses, so a chained slave sees each change once it is durable.
+
+On a unified backend the guard's "on our partitions?" comes from partition scans
+(``locality.py``): each resync waits for the scan begun with it, and a streamed change that
+would remove or move away an entry we hold, for a name no scan found, may first wait for a
+rescan (``rescan_for``; rate-limited there). Lines behind it wait too, in order.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from mupdate.db.store import (
     KeepsLocalRecords,
     MailboxStore,
     PutEntry,
+    RemoveEntry,
     change_name,
 )
 from mupdate.logs import LARGE_DUMP, milliseconds, text
 from mupdate.master.commit import GroupCommitter, RunBlocking
 from mupdate.master.streams import StreamChange, StreamHub
-from mupdate.model import EntryState, MailboxEntry
+from mupdate.model import EntryState, MailboxEntry, server_of
 from mupdate.protocol.responses import DeleteLine, MailboxLine, ReserveLine
 from mupdate.slave.brake import BrakeSettings, Hold, check_brake
 from mupdate.slave.guard import Accept, GuardRefusal, LocalFacts, check_change
@@ -103,6 +109,15 @@ class Replica:
         self._missing: dict[bytes, float] = {}
         #: Asked for a resync that many seconds from now (the uplink reconnects).
         self.confirm_later: Callable[[float], None] = lambda seconds: None
+        #: A partition scan to wait for before each resync's plan (locality.DiskLocality).
+        self.scan_partitions: Callable[[], Deferred[None]] = lambda: succeed(None)
+        #: A rescan to wait for before a streamed change takes ``name`` away; None: judge now.
+        self.rescan_for: Callable[[bytes], Deferred[None] | None] = lambda name: None
+        #: Drop the uplink so that a resync follows (a rescan failed).
+        self.resync_now: Callable[[], None] = lambda: None
+        self._scan: Deferred[None] | None = None  # the scan begun with this resync
+        self._scan_wait: list[StreamLine] | None = None  # lines waiting for a rescan
+        self._scan_pending: Deferred[None] | None = None
         self._keeps = store if isinstance(store, KeepsLocalRecords) else None
         self.committer: GroupCommitter[MailboxEntry | None] = GroupCommitter(
             store, run_blocking, self._committed, self._reload
@@ -140,27 +155,32 @@ class Replica:
         return self._held_lines is not None
 
     def begin_resync(self) -> None:
-        """From now until ``finish_resync``, stream lines wait (they follow the dump)."""
+        """From now until ``finish_resync``, stream lines wait (they follow the dump); the
+        partitions are scanned while the dump arrives. Lines still waiting for a rescan
+        belong to the old connection: the dump replaces them."""
         self._held_lines = []
+        self._scan_wait = self._scan_pending = None
         self._resync_started = self._now()
+        self._scan = self.scan_partitions()
 
     def resync(self, dump: list[MailboxLine | ReserveLine]) -> Deferred[ResyncPlan]:
-        """Plan, brake, apply in one transaction; errbacks with BrakeHeld when held.
+        """Wait for the scan, plan, brake, apply in one transaction; errbacks with
+        BrakeHeld when held, with ``OSError`` when the partitions could not be scanned.
 
         With ``reload_before_resync`` (Cyrus's mailboxes.db, where the backend's imapd
         writes its own records too) the plan starts from the file as it is now.
         """
-        if not self.reload_before_resync:
-            return self._resync(dump)
-        d = self._run_blocking(lambda: load_index(self.store))
+        return Deferred.fromCoroutine(self._scanned_then_resync(dump))
 
-        def reloaded(index: object) -> Deferred[ResyncPlan]:
+    async def _scanned_then_resync(self, dump: list[MailboxLine | ReserveLine]) -> ResyncPlan:
+        scan, self._scan = self._scan, None
+        if scan is not None:
+            await scan
+        if self.reload_before_resync:
+            index = await self._run_blocking(lambda: load_index(self.store))
             assert isinstance(index, MailboxIndex)
             self.index = index
-            return self._resync(dump)
-
-        d.addCallback(reloaded)
-        return d  # type: ignore[return-value]  # fires with reloaded()'s plan
+        return await self._resync(dump)
 
     def _resync(self, dump: list[MailboxLine | ReserveLine]) -> Deferred[ResyncPlan]:
         plan = self._confirm_removals(self.plan(dump))
@@ -246,8 +266,12 @@ class Replica:
     # -- the stream --------------------------------------------------------------------
 
     def apply_line(self, line: StreamLine) -> Deferred[None] | None:
-        if self._held_lines is not None:
-            self._held_lines.append(line)
+        scan, self._scan = self._scan, None
+        if scan is not None:
+            scan.addErrback(lambda _: None)  # logged by the scanner; nobody waits for it now
+        waiting = self._held_lines if self._held_lines is not None else self._scan_wait
+        if waiting is not None:
+            waiting.append(line)
             return None
         remote = None if isinstance(line, DeleteLine) else entry_from_line(line)
         local = self.index.get(line.name)
@@ -262,12 +286,63 @@ class Replica:
         self.counters.stream_changes += 1
         d = self.committer.submit(verdict.change, local)
         d.addErrback(self._stream_commit_failed, line.name)
+        if local is not None and self._takes_away(local, verdict.change):
+            rescan = self.rescan_for(line.name)
+            if rescan is not None:
+                self._wait_for_rescan(rescan, line)
+                return None
         return d
 
     def _stream_commit_failed(self, failure: Failure, name: bytes) -> None:
         # The index was reloaded from disk by _reload; the next resync repairs the copy.
         self.log.error(
             "could not store the streamed change of {mailbox}: {reason}",
+    def _takes_away(self, local: MailboxEntry, change: PutEntry | RemoveEntry) -> bool:
+        """A unified slave's change that deletes ``local`` or moves it to another server."""
+        if not self.facts.unified:
+            return False
+        if isinstance(change, RemoveEntry):
+            return True
+        old, new = server_of(local.location), server_of(change.entry.location)
+        return old.lower() != new.lower()
+
+    def _wait_for_rescan(self, rescan: Deferred[None], line: StreamLine) -> None:
+        waiting = [line]
+        self._scan_wait = waiting
+        self._scan_pending = rescan
+        rescan.addBoth(self._rescanned, waiting)
+
+    def _rescanned(self, outcome: object, waiting: list[StreamLine]) -> None:
+        if self._scan_wait is not waiting:
+            return  # a resync began meanwhile: its dump replaces these lines
+        self._scan_wait = self._scan_pending = None
+        if isinstance(outcome, Failure):
+            self.log.error(
+                "cannot tell whether {mailbox} is on our partitions ({reason}); not applying "
+                "{count} streamed changes, resyncing instead",
+                mailbox=text(waiting[0].name),
+                reason=str(outcome.value),
+                count=len(waiting),
+            )
+            self.resync_now()
+            return
+        for line in waiting:
+            self.apply_line(line)
+
+    def barrier(self) -> Deferred[None]:
+        """Fires once every line received so far is applied and durable (a kick's wait),
+        lines waiting for a rescan included."""
+        pending = self._scan_pending
+        if pending is None:
+            return self.committer.barrier()
+        done: Deferred[None] = Deferred()
+
+        def then(_: object) -> None:
+            self.barrier().chainDeferred(done)
+
+        pending.addBoth(then)
+        return done
+
             mailbox=text(name),
             reason=str(failure.value),
         )

@@ -16,8 +16,10 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from mupdate.config import (
     ConfigFileError,
@@ -39,10 +41,11 @@ from mupdate.net.sdnotify import notify_systemd
 from mupdate.net.server import MupdateServerFactory
 from mupdate.protocol.texts import ROLE_SLAVE_PREFIX
 from mupdate.slave.brake import BrakeSettings
-from mupdate.slave.disk import make_on_disk
+from mupdate.slave.disk import SpoolLayout
 from mupdate.slave.guard import LocalFacts
 from mupdate.slave.heal import Healer
 from mupdate.slave.kick import KickFactory, KickSocketBusy, clear_stale_socket, listen_kick
+from mupdate.slave.locality import DiskLocality
 from mupdate.slave.replica import Replica
 from mupdate.slave.service import SlaveHandler
 from mupdate.slave.uplink import Uplink
@@ -125,7 +128,14 @@ class SlaveService(StoreDaemon):
             index = MailboxIndex(self.store.load_entries())
         except StoreError as exc:
             raise SystemExit(f"mupdate-slave: cannot read the copy: {exc}") from None
-        on_disk = make_on_disk(path for _, path in settings.partitions)
+        self.scan_pool = ThreadPool(minthreads=0, maxthreads=1, name="mupdate-slave-scan")
+        self.locality = DiskLocality(
+            [path for _, path in settings.partitions] if settings.unified else [],
+            SpoolLayout(settings.hashimapspool, settings.fulldirhash),
+            lambda scan: deferToThreadPool(reactor, self.scan_pool, scan),
+            reactor,
+        )
+        on_disk: Callable[[bytes], bool] = self.locality.on_disk
         if isinstance(self.store, CyrusMailboxStore):
             # Cyrus's own test first: a record without a server in its mailboxes.db.
             on_disk = _either(self.store.is_local, on_disk)
@@ -149,6 +159,8 @@ class SlaveService(StoreDaemon):
             lambda: release_requested(settings.configdirectory),
         )
         self.replica.reload_before_resync = cyrus is not None
+        self.replica.scan_partitions = self.locality.scan
+        self.replica.rescan_for = self.locality.rescan_for
         self.replica.remove_delay = settings.remove_delay
         role = ROLE_SLAVE_PREFIX + settings.mupdate_server.encode()
         self.handler = SlaveHandler(self.replica, role, ready=len(index) > 0)
@@ -184,6 +196,7 @@ class SlaveService(StoreDaemon):
         self.serve_status(status, "slave")
 
     def startService(self) -> None:
+        self.scan_pool.start()
         super().startService()
         if self.kicks is not None and self.slave_settings.kick_socket is not None:
             self._kick_port = listen_kick(self.reactor, self.slave_settings.kick_socket, self.kicks)
@@ -202,6 +215,16 @@ def _either(
 ) -> Callable[[bytes], bool]:
     return lambda name: first(name) or then(name)
 
+
+    def stopService(self) -> Any:
+        self.locality.stop()  # a running scan ends at its next directory
+        d = super().stopService()
+        d.addBoth(self._stop_scan_pool)
+        return d
+
+    def _stop_scan_pool(self, result: object) -> object:
+        self.scan_pool.stop()
+        return result
 
 def cyrus_store(settings: SlaveSettings, cyrus: CyrusStoreSettings, reactor: Any) -> Any:
     """Cyrus's mailboxes.db behind a long-lived ``cyr_dbtool`` child (as the Cyrus user)."""

@@ -94,6 +94,7 @@ class Uplink:
         self.kick_round_trips = 0
         self.login_timeout = max(10.0, settings.retry_delay)
         self.dump_timeout = max(120.0, 10 * settings.retry_delay)
+        replica.resync_now = self._resync_now
         self.service = ClientService(
             endpoint,
             _ClientFactory(clock),
@@ -291,7 +292,7 @@ class Uplink:
         self._kick_in_flight = True
         self.kick_round_trips += 1
         d = protocol.noop(prefix=b"N")
-        d.addCallback(lambda _: self.replica.committer.barrier())
+        d.addCallback(lambda _: self.replica.barrier())
 
         def done(result: object) -> None:
             self._kick_in_flight = False
@@ -321,4 +322,9 @@ class Uplink:
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
             self.log.info("resyncing to confirm what the master no longer lists")
+    def _resync_now(self) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.loseConnection()
+
             protocol.transport.loseConnection()

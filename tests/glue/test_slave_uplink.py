@@ -17,10 +17,10 @@ from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from mupdate.config.imapdconf import parse_imapd_conf
 from mupdate.config.settings import slave_settings
 from mupdate.model import EntryState, MailboxEntry
-from mupdate.slave.disk import header_path
 from tests.helpers.glue import ManualRunner, MasterRig
 from tests.helpers.memstore import InMemoryStore
 from tests.helpers.slaverig import SlaveRig
+from tests.helpers.spool import LAYOUTS, layout_settings, write_header
 
 
 def active(name: bytes, location: bytes, acl: bytes = b"") -> MailboxEntry:
@@ -598,12 +598,11 @@ def test_brake_holds_an_emptying_resync_until_released(tmp_path, events):
     assert slave.uplink.connected
 
 
-def test_unified_brake_holds_but_the_healer_reannounces_local_mailboxes(tmp_path, events):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_unified_brake_holds_but_the_healer_reannounces_local_mailboxes(tmp_path, events, layout):
     partition = tmp_path / "p1"
     for name in (b"user.loc1", b"user.loc2"):
-        header = header_path(partition, name)
-        header.parent.mkdir(parents=True)
-        header.write_bytes(b"\xa1\x02\x8b\x0dCyrus mailbox header\n")
+        write_header(partition, name, layout)
     local = [
         active(b"user.loc1", b"be1!p1", b"loc1\tlrswipkxtecda\t"),
         reserved(b"user.loc2", b"be1!p1"),
@@ -617,6 +616,7 @@ def test_unified_brake_holds_but_the_healer_reannounces_local_mailboxes(tmp_path
         murder_mode="unified",
         partitions=(("p1", partition),),
         retry_delay=20,
+        **layout_settings(layout),
     )
     assert slave.healer is not None
     before = slave.stored()
@@ -624,6 +624,7 @@ def test_unified_brake_holds_but_the_healer_reannounces_local_mailboxes(tmp_path
     slave.flush()
 
     counters = slave.replica.counters
+    assert slave.locality.names == {b"user.loc1", b"user.loc2"}  # scanned before the plan
     assert counters.brake_holds == 1
     assert slave.stored() == before
     assert counters.refused_names == {b"user.loc1", b"user.loc2", b"user.loc3"}
@@ -654,6 +655,103 @@ def test_unified_brake_holds_but_the_healer_reannounces_local_mailboxes(tmp_path
     assert slave.stored() == {e.name: e for e in local}
     assert slave.uplink.connected
     assert slave.healer.counters.healed == 2  # nothing more to announce
+
+
+def _unified_with_partition(tmp_path, **kw):
+    partition = tmp_path / "p1"
+    partition.mkdir(exist_ok=True)
+    slave = SlaveRig(
+        tmp_path,
+        entries=LOCAL,
+        murder_mode="unified",
+        heal=False,
+        partitions=(("p1", partition),),
+        retry_delay=100,  # no pings while the clock passes the rescan interval
+        **kw,
+    )
+    return slave, partition
+
+
+def test_streamed_removal_of_a_name_no_scan_found_waits_for_a_rescan(tmp_path, events):
+    scans = ManualRunner()
+    slave, partition = _unified_with_partition(tmp_path, scan_runner=scans)
+    slave.start()
+    conn = slave.conn
+    conn.sync(LOCAL_DUMP)
+    assert slave.replica.resyncing  # the plan waits for the scan begun with the dump
+    assert len(scans.calls) == 1
+    scans.run_all()
+    assert slave.uplink.connected
+    slave.clock.advance(61)  # past the rescan interval (60 s)
+
+    # user.rem came here (say by XFER) since the scan; the master still deletes it.
+    write_header(partition, b"user.rem", "uuid")
+    conn.feed(b'U01 DELETE "user.rem"\r\nU01 MAILBOX "user.new" "be2!p" ""\r\n')
+    assert len(scans.calls) == 1  # a rescan, and both lines wait for it, in order
+    assert slave.stored() == {e.name: e for e in LOCAL}
+    kicked = slave.replica.barrier()
+    assert not kicked.called
+    scans.run_all()
+
+    assert kicked.called
+    assert slave.stored() == {e.name: e for e in LOCAL} | {
+        b"user.new": active(b"user.new", b"be2!p")
+    }
+    [refusal] = logged(events, LogLevel.error, "guard kept local mailbox", state="stream")
+    assert (refusal["mailbox"], refusal["location"]) == ("user.rem", "DELETE")
+    assert logged(events, LogLevel.info, "scanning partitions before", mailbox="user.rem")
+    # Rate-limited: another removal right after is judged on what the scan found.
+    conn.feed(b'U01 DELETE "user.new"\r\n')
+    assert scans.calls == []
+    assert b"user.new" not in slave.stored()
+    assert slave.replica.counters.stream_changes == 2
+    assert not conn.closing
+
+
+def test_failed_rescan_resyncs_instead_of_applying(tmp_path, events):
+    scans = ManualRunner()
+    slave, partition = _unified_with_partition(tmp_path, scan_runner=scans)
+    slave.start()
+    conn = slave.conn
+    conn.sync(LOCAL_DUMP)
+    scans.run_all()
+    slave.clock.advance(61)
+    partition.rename(tmp_path / "unmounted")
+    conn.feed(b'U01 DELETE "user.rem"\r\n')
+    scans.run_all()
+    assert conn.closing
+    assert slave.stored() == {e.name: e for e in LOCAL}
+    [error] = logged(events, LogLevel.error, "cannot tell whether {mailbox} is on our partitions")
+    assert error["mailbox"] == "user.rem"
+    assert error["count"] == 1
+
+
+def test_resync_fails_whole_when_the_partitions_cannot_be_scanned(tmp_path, events):
+    partition = tmp_path / "p1"  # not there: an unmounted spool
+    slave = SlaveRig(
+        tmp_path,
+        entries=LOCAL,
+        murder_mode="unified",
+        heal=False,
+        partitions=(("p1", partition),),
+    )
+    slave.start()
+    conn = slave.conn
+    conn.sync(LOCAL_DUMP.split(b"\r\n", 2)[2])  # the master no longer lists user.loc*
+    assert conn.closing
+    assert slave.stored() == {e.name: e for e in LOCAL}  # nothing removed on a blind guess
+    assert slave.replica.counters.resyncs == 0
+    [error] = logged(events, LogLevel.error, "cannot scan the partitions")
+    assert error["path"] == [str(partition)]
+    [warned] = logged(events, LogLevel.warn, "connection to master {server} failed")
+    assert "No such file or directory" in warned["reason"]
+
+    partition.mkdir()
+    conn.lose()
+    assert_retry_after(slave, 20)
+    slave.conn.sync(LOCAL_DUMP)
+    assert slave.uplink.connected
+    assert slave.replica.counters.resyncs == 1
 
 
 # -- the read-only handler (§9.5) ----------------------------------------------------------

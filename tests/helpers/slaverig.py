@@ -2,9 +2,9 @@
 
 Nothing is mocked: ``Replica``, ``SlaveHandler``, ``MupdateServerFactory``, ``Uplink`` (its
 ``ClientService`` and prepare hook) and ``Healer`` are the production classes. The store is
-the honest ``InMemoryStore``, blocking calls run at once (or when a ``ManualRunner`` says),
-time is one ``Clock`` and the jitter is fixed to 0. The uplink's endpoint connects each new
-protocol either
+the honest ``InMemoryStore``, blocking calls and partition scans run at once (or when a
+``ManualRunner`` says), time is one ``Clock`` and the jitter is 0 unless given. The uplink's
+endpoint connects each new protocol either
 
 * to a ``MasterRig``'s server protocol through ``twisted.test.iosim`` (``FakeTransport``
   pairs; the test calls ``flush()`` to move bytes), or
@@ -39,9 +39,10 @@ from mupdate.net.server import MupdateServerFactory
 from mupdate.protocol.texts import ROLE_SLAVE_PREFIX
 from mupdate.sasl.credentials import CredentialsFile
 from mupdate.slave.brake import BrakeSettings
-from mupdate.slave.disk import make_on_disk
+from mupdate.slave.disk import SpoolLayout
 from mupdate.slave.guard import LocalFacts
 from mupdate.slave.heal import Healer
+from mupdate.slave.locality import DiskLocality
 from mupdate.slave.replica import Replica
 from mupdate.slave.service import SlaveHandler
 from mupdate.slave.uplink import Uplink
@@ -148,9 +149,11 @@ class RigEndpoint:
 class SlaveRig:
     """One slave, following ``master`` (a ``MasterRig``, via iosim) or a scripted master.
 
-    ``entries`` is the copy from an earlier run. Settings default to a standard slave
-    ``be1`` logging in as the glue admin; keyword arguments replace any ``SlaveSettings``
-    field. ``release_brake()`` arms the one-shot operator release (``consume_release``).
+    ``entries`` is the copy from an earlier run; ``scan_runner`` runs partition scans (the
+    production thread's stand-in), ``jitter`` is the retry jitter. Settings default to a
+    standard slave ``be1`` logging in as the glue admin; keyword arguments replace any
+    ``SlaveSettings`` field. ``release_brake()`` arms the one-shot operator release
+    (``consume_release``).
     """
 
     def __init__(
@@ -161,6 +164,8 @@ class SlaveRig:
         clock: Clock | None = None,
         entries: Iterable[MailboxEntry] = (),
         runner: Callable[[Callable[[], object]], Deferred[object]] = immediate,
+        scan_runner: Callable[[Callable[[], object]], Deferred[object]] = immediate,
+        jitter: Callable[[], float] = lambda: 0.0,
         **settings: Any,
     ) -> None:
         self.master = master
@@ -178,7 +183,14 @@ class SlaveRig:
         )
         self.settings = replace(base, **settings)
         self.store = InMemoryStore(entries)
-        self.on_disk = make_on_disk(path for _, path in self.settings.partitions)
+        # Partition scans run where ``scan_runner`` says (at once by default), as tap builds it.
+        self.locality = DiskLocality(
+            [path for _, path in self.settings.partitions] if self.settings.unified else [],
+            SpoolLayout(self.settings.hashimapspool, self.settings.fulldirhash),
+            scan_runner,  # type: ignore[arg-type]  # fires with the scan's result
+            self.clock,
+        )
+        self.on_disk = self.locality.on_disk
         # As tap.SlaveService builds it: the copy keeps the master's bytes.
         self.facts = LocalFacts(
             unified=self.settings.unified,
@@ -200,6 +212,8 @@ class SlaveRig:
             self.clock.seconds,
             self._consume_release,
         )
+        self.replica.scan_partitions = self.locality.scan
+        self.replica.rescan_for = self.locality.rescan_for
         role = ROLE_SLAVE_PREFIX + self.settings.mupdate_server.encode()
         self.handler = SlaveHandler(self.replica, role, ready=len(index) > 0)
         checker = SyncChecker(CredentialsFile(self.settings.credentials_path))
@@ -219,7 +233,7 @@ class SlaveRig:
             self.clock,
             self.healer,
             self.handler.mark_ready,
-            jitter=lambda: 0.0,
+            jitter=jitter,
         )
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from tests.helpers.cyrus import repo_root, wait_until
 from tests.helpers.ourmaster import OurMaster, _env
 from tests.helpers.ourslave import OurSlave
 from tests.helpers.rawmupdate import Entry, MupdateClient
+from tests.helpers.spool import write_header
 
 
 def login(node: OurMaster, timeout: float = 20.0) -> MupdateClient:
@@ -147,18 +148,15 @@ def test_empty_slave_holds_readers_until_first_sync(tmp_path, master):
         slave.stop()
 
 
-def cyrus_header(partition: Path, name: str) -> None:
-    directory = partition.joinpath(*name.split("."))
-    directory.mkdir(parents=True)
-    (directory / "cyrus.header").write_bytes(b"\xa1\x02\x8b\x0dCyrus mailbox header\n")
-
-
-def test_seed_000_master_loses_its_database(tmp_path, master):
-    """Seed 000: the master loses its database; no slave loses a mailbox."""
+@pytest.mark.parametrize("layout", ["legacy", "uuid"])
+def test_seed_000_master_loses_its_database(tmp_path, master, layout):
+    """Seed 000: the master loses its database; no slave loses a mailbox. The backend's
+    headers are in Cyrus's legacy layout, or in 3.6's default uuid layout, where only the
+    header names its mailbox (the slave scans its partition)."""
     local = ["user.l1", "user.l1.Sent", "user.l2"]
     partition = tmp_path / "be1-spool"
     for name in local:
-        cyrus_header(partition, name)
+        write_header(partition, name.encode(), layout)
     write(
         master,
         *(("ACTIVATE", name, "be1!default", "o\tlrs\t") for name in local),
@@ -188,6 +186,7 @@ def test_seed_000_master_loses_its_database(tmp_path, master):
         with login(backend) as b:
             names = {e.name for e in b.list()}
         assert {n.encode() for n in local} <= names  # the guard kept every local mailbox
+        assert "partition scan: 3 mailboxes on" in backend.log_path.read_text()
         # The frontend's brake holds the resync that would drop 20 of 23 entries.
         wait_until(
             lambda: "mass-delete brake holds" in frontend.log_path.read_text(),

@@ -20,9 +20,11 @@ import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from mupdate.slave.scan import scan_partitions
 from tests.helpers.cyrus import CyrusMurder, Node, Tap, wait_until, workspace
 from tests.helpers.cyrusstore import db_records, our_slave_on, switch_off_cyrus_slave
 from tests.helpers.ourmaster import OurMaster
@@ -97,7 +99,13 @@ def topo(request: pytest.FixtureRequest, cyrus_ready: None) -> Iterator[Topo]:
             murder.imap(be1, ["create", "user.r1"], ["create", "user.r2"])
             tap = murder.tap("tap-ub", to=master.address)
             slave = our_slave_on(
-                ub, base / "our-slave", master_address=tap.addr, servername="ub", mode="unified"
+                ub,
+                base / "our-slave",
+                master_address=tap.addr,
+                servername="ub",
+                mode="unified",
+                # ub's spool in Cyrus 3.6's default uuid layout: the guard scans its headers
+                extra={"partition-default": str(ub_partition(ub))},
             )
             slave.start(timeout=30.0)
             yield Topo(murder, master, be1, ub, uc, tap, slave)
@@ -105,6 +113,10 @@ def topo(request: pytest.FixtureRequest, cyrus_ready: None) -> Iterator[Topo]:
             if slave is not None:
                 slave.stop()
             master.stop()
+
+
+def ub_partition(node: Node) -> Path:
+    return node.dir / "spool" / "default"
 
 
 def _usable(topo: Topo, node: Node, name: str) -> None:
@@ -207,3 +219,23 @@ def test_master_losing_its_database_keeps_local_mailboxes_and_is_healed(topo: To
         f"\nCyrus unified slave after the master lost its database: {len(uc_before)} records "
         f"before, {len(uc_after)} after: {sorted(uc_after)}; select user.v2: {select.output}"
     )
+
+
+def test_our_scan_names_the_mailboxes_of_real_uuid_layout_headers(topo: Topo) -> None:
+    conf = (topo.ub.dir / "imapd.conf").read_text()
+    assert "mailbox_legacy_dirs" not in conf  # Cyrus 3.6's default: uuid directories
+    topo.murder.imap(topo.ub, ["create", "user.u3"], ["create", "user.u3.Sent"])
+    partition = ub_partition(topo.ub)
+    headers = sorted((partition / "uuid").glob("*/*/*/cyrus.header"))
+    assert len(headers) >= 2
+    assert not list(partition.glob("user/u3"))  # no legacy directory names it
+    result = scan_partitions([partition])
+    assert {b"user.u3", b"user.u3.Sent"} <= result.names
+    assert result.headers == len(headers)
+    assert result.unnamed == []
+    # Our slave scanned the same spool before its resyncs (in its thread).
+    topo.slave.stop()
+    topo.slave.start(timeout=30.0)
+    assert topo.kick(topo.ub) == b"ok"
+    log = topo.slave.log_tail(2000)
+    assert f"partition scan: {len(result.names)} mailboxes on" in log, log

@@ -227,7 +227,7 @@ def test_keys_are_case_insensitive() -> None:
 
 def test_unknown_keys_are_ignored() -> None:
     text = (
-        "partition-default: /var/spool/imap\nsasl_pwcheck_method: saslauthd\n"
+        "partition-default: /var/spool/imap\nsasl_minimum_layer: 0\n"
         "tls_session_timeout: x\nmupdate_retry_delay: nonsense\n"
     )
     assert settings_from(text) == MasterSettings(servername=HOST, configdirectory=DATA)

@@ -119,3 +119,10 @@ def test_heal_defaults_follow_the_mode_and_can_be_switched():
 def test_own_servernames_are_case_folded():
     settings = settings_of(BASE + "servername: BE1.Test\nmupdate_local_servernames: Alias.Test\n")
     assert settings.own_servernames == frozenset({"be1.test", "alias.test"})
+
+
+def test_spool_hashing_keys_are_cyrus_booleans():
+    assert (settings_of(BASE).hashimapspool, settings_of(BASE).fulldirhash) == (False, False)
+    both = settings_of(BASE + "hashimapspool: true\nfulldirhash: 1\n")
+    assert (both.hashimapspool, both.fulldirhash) == (True, True)
+    assert "hashimapspool" in error_of(BASE + "hashimapspool: maybe\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mupdate.slave.disk import header_path, make_on_disk
+from mupdate.slave.disk import SpoolLayout, dir_hash, header_path, legacy_names, make_on_disk
 
 P = Path("/var/spool/cyrus/mail")
 
@@ -166,3 +166,85 @@ def test_make_on_disk_unreadable_spool_raises_rather_than_says_absent(
             make_on_disk([p1])(b"user.alice")
     finally:
         (p1 / "user").chmod(0o755)
+
+
+# -- hashimapspool: Cyrus's hash letters (seen on Cyrus 3.6.1 with hashimapspool: yes) ----
+
+HASHED = SpoolLayout(hashed=True)
+FULL = SpoolLayout(hashed=True, full=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "layout", "path"),
+    [
+        (b"user.carol", HASHED, "c/user/carol/cyrus.header"),
+        (b"user.carol.Sent", HASHED, "c/user/carol/Sent/cyrus.header"),
+        (b"shared", HASHED, "s/shared/cyrus.header"),
+        (b"shared.news", HASHED, "n/shared/news/cyrus.header"),  # the second part is hashed
+        (b"user.9lives", HASHED, "q/user/9lives/cyrus.header"),
+        (b"example.com!user.dave", HASHED, "domain/e/example.com/d/user/dave/cyrus.header"),
+        (b"example.com!user.dave.x^y", HASHED, "domain/e/example.com/d/user/dave/x^y/cyrus.header"),
+        # fulldirhash: yes (Cyrus's dir_hash_c, full): letters A-W
+        (b"user.zoe", FULL, "J/user/zoe/cyrus.header"),
+        (b"user.zoe.Drafts", FULL, "J/user/zoe/Drafts/cyrus.header"),
+        (b"user.a^b", FULL, "F/user/a^b/cyrus.header"),  # hashes "a": a dot ends the hash
+        (b"ex.org!user.eve", FULL, "domain/A/ex.org/W/user/eve/cyrus.header"),
+    ],
+)
+def test_header_path_hashed_layouts(name: bytes, layout: SpoolLayout, path: str) -> None:
+    assert header_path(P, name, layout) == P / path
+
+
+def test_make_on_disk_with_a_hashed_spool(tmp_path: Path) -> None:
+    make_header(tmp_path, "c/user/carol")
+    make_header(tmp_path, "domain/e/example.com/d/user/dave")
+    hashed = make_on_disk([tmp_path], HASHED)
+    assert hashed(b"user.carol") is True
+    assert hashed(b"example.com!user.dave") is True
+    assert hashed(b"user.dave") is False
+    assert make_on_disk([tmp_path])(b"user.carol") is False  # not where the plain layout looks
+
+
+@pytest.mark.parametrize(
+    ("parts", "names"),
+    [
+        ("user/alice", {"user.alice"}),
+        ("user/carol/a^b", {"user.carol.a^b"}),
+        ("c/user/carol/Sent", {"user.carol.Sent", "c.user.carol.Sent"}),
+        ("J/user/zoe", {"user.zoe", "J.user.zoe"}),  # fulldirhash
+        ("x/user/carol", {"x.user.carol"}),  # x is not carol's letter: no hashed reading
+        ("domain/example.com/user/bob", {"example.com!user.bob", "domain.example.com.user.bob"}),
+        (
+            "domain/e/example.com/d/user/dave",
+            {
+                "example.com!user.dave",
+                "e!example.com.d.user.dave",
+                "example.com!d.user.dave",
+                "domain.e.example.com.d.user.dave",
+            },
+        ),
+        ("uuid/x/4/x4wc3csw9usap879mghge8wh", set()),  # a uuid directory names nothing
+        ("uuid/x/4", {"uuid.x.4"}),
+    ],
+)
+def test_legacy_names_reads_a_path_every_way_it_can_be_meant(parts: str, names: set[str]) -> None:
+    found = legacy_names([p.encode() for p in parts.split("/")])
+    assert found == {n.encode() for n in names}
+
+
+def test_dir_hash_matches_cyrus() -> None:
+    # Letters Cyrus 3.6.1 chose for these names (hashimapspool: yes, fulldirhash: yes/no).
+    assert [dir_hash(b, False) for b in (b"carol", b"News", b"9", b"", b"^x")] == [
+        b"c",
+        b"n",
+        b"q",
+        b"q",
+        b"q",
+    ]
+    assert [dir_hash(b, True) for b in (b"zoe", b"a^b", b"a", b"ex.org", b"eve")] == [
+        b"J",
+        b"F",
+        b"F",
+        b"A",
+        b"W",
+    ]

@@ -313,7 +313,7 @@ def test_on_disk_is_asked_about_the_name_itself() -> None:
 def test_decisions_import_nothing_from_twisted() -> None:
     code = (
         "import sys, mupdate.slave, mupdate.slave.guard, mupdate.slave.brake\n"
-        "import mupdate.slave.resync, mupdate.slave.disk\n"
+        "import mupdate.slave.resync, mupdate.slave.disk, mupdate.slave.scan\n"
         "bad = sorted(m for m in sys.modules if m == 'twisted' or m.startswith('twisted.'))\n"
         "print(','.join(bad))\n"
     )
