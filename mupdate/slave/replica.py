@@ -262,13 +262,13 @@ class Replica:
 
     def abandon_resync(self) -> None:
         self._held_lines = None
+        scan, self._scan = self._scan, None
+        if scan is not None:
+            scan.addErrback(lambda _: None)  # logged by the scanner; nobody waits for it now
 
     # -- the stream --------------------------------------------------------------------
 
     def apply_line(self, line: StreamLine) -> Deferred[None] | None:
-        scan, self._scan = self._scan, None
-        if scan is not None:
-            scan.addErrback(lambda _: None)  # logged by the scanner; nobody waits for it now
         waiting = self._held_lines if self._held_lines is not None else self._scan_wait
         if waiting is not None:
             waiting.append(line)
@@ -282,21 +282,17 @@ class Replica:
         assert isinstance(verdict, Accept)
         if verdict.change is None:
             return None
-        self.index.apply(verdict.change)
-        self.counters.stream_changes += 1
-        d = self.committer.submit(verdict.change, local)
-        d.addErrback(self._stream_commit_failed, line.name)
         if local is not None and self._takes_away(local, verdict.change):
             rescan = self.rescan_for(line.name)
             if rescan is not None:
                 self._wait_for_rescan(rescan, line)
                 return None
+        self.index.apply(verdict.change)
+        self.counters.stream_changes += 1
+        d = self.committer.submit(verdict.change, local)
+        d.addErrback(self._stream_commit_failed, line.name)
         return d
 
-    def _stream_commit_failed(self, failure: Failure, name: bytes) -> None:
-        # The index was reloaded from disk by _reload; the next resync repairs the copy.
-        self.log.error(
-            "could not store the streamed change of {mailbox}: {reason}",
     def _takes_away(self, local: MailboxEntry, change: PutEntry | RemoveEntry) -> bool:
         """A unified slave's change that deletes ``local`` or moves it to another server."""
         if not self.facts.unified:
@@ -343,6 +339,10 @@ class Replica:
         pending.addBoth(then)
         return done
 
+    def _stream_commit_failed(self, failure: Failure, name: bytes) -> None:
+        # The index was reloaded from disk by _reload; the next resync repairs the copy.
+        self.log.error(
+            "could not store the streamed change of {mailbox}: {reason}",
             mailbox=text(name),
             reason=str(failure.value),
         )

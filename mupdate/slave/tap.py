@@ -209,13 +209,6 @@ class SlaveService(StoreDaemon):
             path=str(self.database),
         )
 
-
-def _either(
-    first: Callable[[bytes], bool], then: Callable[[bytes], bool]
-) -> Callable[[bytes], bool]:
-    return lambda name: first(name) or then(name)
-
-
     def stopService(self) -> Any:
         self.locality.stop()  # a running scan ends at its next directory
         d = super().stopService()
@@ -225,6 +218,13 @@ def _either(
     def _stop_scan_pool(self, result: object) -> object:
         self.scan_pool.stop()
         return result
+
+
+def _either(
+    first: Callable[[bytes], bool], then: Callable[[bytes], bool]
+) -> Callable[[bytes], bool]:
+    return lambda name: first(name) or then(name)
+
 
 def cyrus_store(settings: SlaveSettings, cyrus: CyrusStoreSettings, reactor: Any) -> Any:
     """Cyrus's mailboxes.db behind a long-lived ``cyr_dbtool`` child (as the Cyrus user)."""

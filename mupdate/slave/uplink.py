@@ -89,12 +89,12 @@ class Uplink:
         self._protocol: MupdateClientProtocol | None = None  # while streaming
         self._confirm_call: IDelayedCall | None = None
         replica.confirm_later = self.resync_in
+        replica.resync_now = self._resync_now
         self._kick_waiters: list[Deferred[bool]] = []
         self._kick_in_flight = False
         self.kick_round_trips = 0
         self.login_timeout = max(10.0, settings.retry_delay)
         self.dump_timeout = max(120.0, 10 * settings.retry_delay)
-        replica.resync_now = self._resync_now
         self.service = ClientService(
             endpoint,
             _ClientFactory(clock),
@@ -317,14 +317,14 @@ class Uplink:
             return
         self._confirm_call = self.clock.callLater(seconds, self._confirm)
 
-    def _confirm(self) -> None:
-        self._confirm_call = None
-        protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
-            self.log.info("resyncing to confirm what the master no longer lists")
     def _resync_now(self) -> None:
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
             protocol.transport.loseConnection()
 
+    def _confirm(self) -> None:
+        self._confirm_call = None
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            self.log.info("resyncing to confirm what the master no longer lists")
             protocol.transport.loseConnection()
