@@ -512,9 +512,17 @@ def check_tool_names(doc: str) -> list[str]:
 
 
 #: Runs a tool's ``main`` up to its ``parse_args``: prints "parsed" and exits 0 there, or
-#: argparse's own error (exit 2). Nothing the tool does after parsing happens.
+#: argparse's own error (exit 2). Nothing the tool does after parsing happens; a parser
+#: class with a ``parse_args`` of its own (which would bypass the stop) refuses to run at all.
 PARSE_ONLY = """
-import argparse, runpy, sys
+import argparse, importlib, runpy, sys
+def subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from subclasses(sub)
+importlib.import_module(sys.argv[1])
+if any("parse_args" in vars(c) for c in subclasses(argparse.ArgumentParser)):
+    sys.exit("a parser overrides parse_args: cannot stop it after parsing")
 real = argparse.ArgumentParser.parse_args
 def parse_only(self, args=None, namespace=None):
     real(self, args, namespace)
