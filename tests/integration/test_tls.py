@@ -198,8 +198,6 @@ async def test_client_certificate_from_an_unknown_ca_is_refused(reactor, tmp_pat
 
 def test_slave_logs_in_to_master_with_external(tmp_path, pki):
     master = external_master(tmp_path, pki, pki.ca)
-    with MupdateClient.connect(master.host, master.port) as c:
-        assert c.mechanisms == []  # mupdate_tls_required: nothing before TLS
     cert = pki.client_admin
     slave = OurSlave(
         tmp_path / "slave",
@@ -216,6 +214,8 @@ def test_slave_logs_in_to_master_with_external(tmp_path, pki):
         },
     )
     try:
+        with MupdateClient.connect(master.host, master.port) as c:
+            assert c.mechanisms == []  # mupdate_tls_required: nothing before TLS
         slave.start()
         with MupdateClient.connect(slave.host, slave.port) as reader:
             reader.authenticate_plain("admin", "secret")
