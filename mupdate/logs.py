@@ -91,6 +91,7 @@ VOCABULARY: Final = frozenset(
         "path",  # a file or directory
         "endpoint",  # listening endpoints
         "pid",  # a child process (cyr_dbtool)
+        "mailboxes",  # a bounded list of mailbox names (what a held resync would remove)
     }
 )
 

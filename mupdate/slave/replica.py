@@ -196,7 +196,11 @@ class Replica:
                 self.counters.brake_holds += 1
                 self.held = verdict.reason
                 self.log.critical(
-                    "mass-delete brake holds the resync: {reason}", reason=verdict.reason
+                    "mass-delete brake holds the resync: {reason}. It would remove {count} "
+                    "entries, first (at most 20, in key order): {mailboxes}",
+                    reason=verdict.reason,
+                    count=verdict.would_remove,
+                    mailboxes=[text(name) for name in verdict.sample],
                 )
                 self._held_lines = None
                 self._report_refusals(plan.refused, "held resync")

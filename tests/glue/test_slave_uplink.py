@@ -576,7 +576,11 @@ def test_brake_holds_an_emptying_resync_until_released(tmp_path, events):
     assert slave.store.batches == []
     assert counters.brake_holds == 1
     assert counters.resyncs == 0
-    assert logged(events, LogLevel.critical, "mass-delete brake holds the resync")
+    [held] = logged(events, LogLevel.critical, "mass-delete brake holds the resync")
+    # What would have been removed: the total, and the first 20 names in key order.
+    assert held["count"] == 30
+    assert held["mailboxes"] == [f"user.r{i:02d}" for i in range(20)]
+    assert "mupdate-slave-brake release" in held["reason"]
     assert logged(events, LogLevel.critical, "resync held by the brake")
     assert slave.pairs[0].done  # the connection was closed
     assert not slave.uplink.connected

@@ -9,7 +9,7 @@ import pytest
 
 from mupdate.db.store import RemoveEntry
 from mupdate.model import EntryState, MailboxEntry
-from mupdate.slave.brake import BrakeSettings, Hold, Proceed, check_brake
+from mupdate.slave.brake import SAMPLE, BrakeSettings, Hold, Proceed, check_brake
 from mupdate.slave.guard import LocalFacts
 from mupdate.slave.resync import ResyncPlan, plan_resync
 
@@ -135,3 +135,26 @@ def test_seed_000_frontend_brake_holds_on_empty_master() -> None:
     assert check_brake(plan, local, STANDARD, BrakeSettings(released=True)) == Proceed(
         released=True
     )
+
+
+def test_hold_names_the_first_removals_in_key_order() -> None:
+    # The operator must see what would go: the first SAMPLE names in Cyrus key order (the
+    # plan's order, where user.a.b comes before user.a-b), plus the total.
+    local = remote_entries(40)
+    local |= {
+        n: MailboxEntry(n, EntryState.ACTIVE, b"be2!default") for n in (b"user.a-b", b"user.a.b")
+    }
+    plan = plan_resync(local, {}, STANDARD)
+    verdict = check_brake(plan, local, STANDARD, BrakeSettings())
+    assert isinstance(verdict, Hold)
+    assert verdict.would_remove == 42
+    assert len(verdict.sample) == SAMPLE == 20
+    assert verdict.sample[:2] == (b"user.a.b", b"user.a-b")
+    assert verdict.sample[2:] == tuple(f"user.u{i:03}".encode() for i in range(18))
+
+
+def test_hold_sample_is_all_removals_when_few() -> None:
+    local = remote_entries(12)
+    verdict = check_brake(removing(local, 7), local, STANDARD, BrakeSettings())
+    assert isinstance(verdict, Hold)
+    assert verdict.sample == tuple(list(local)[:7])
