@@ -4,11 +4,12 @@ How it works: a Twisted ``ClientService`` keeps one connection to the master. It
 hook runs the whole handshake top to bottom (greeting, SASL, ``U01 UPDATE``, the dump,
 the resync) and only a connection that got that far counts as connected; anything else
 (NO, BAD, ``* BYE``, a dropped connection, a held brake) discards the dump whole and the
-service retries after ``mupdate_retry_delay`` plus jitter, growing to ``retry_max`` while
-failures repeat. Cyrus applies a partial dump and wipes itself (case 61); Cyrus divides by
-zero for a delay of 0 or 1 (§9.4); both are impossible here. Once streaming, a NOOP is sent
-every ``retry_delay`` seconds and must be answered within the same time, or the
-connection is dropped, so a master that stops answering without closing is noticed.
+service retries after ``mupdate_retry_delay`` plus jitter, growing to ``retry_max`` (the
+longest wait, jitter included) while failures repeat. Cyrus applies a partial dump and
+wipes itself (case 61); Cyrus divides by zero for a delay of 0 or 1 (§9.4); both are
+impossible here. Once streaming, a NOOP is sent every ``retry_delay`` seconds and must be
+answered within the same time, or the connection is dropped, so a master that stops
+answering without closing is noticed.
 """
 
 from __future__ import annotations
@@ -38,14 +39,18 @@ T = TypeVar("T")
 def retry_policy(
     base: float, cap: float, jitter: Callable[[], float] = random.random
 ) -> Callable[[int], float]:
-    """First retry after ``base`` (+0-50 %), then doubling from at least 1 s up to ``cap``."""
+    """First retry after ``base``, then doubling from at least 1 s; each wait plus 0-50 %
+    jitter (``jitter()`` in [0, 1)), and never longer than ``cap``.
+
+    The cap bounds the wait with its jitter (``mupdate_retry_max`` is what an operator
+    plans outages by), so waits that reach it lose their jitter: by then slaves that
+    failed together have drifted apart through the jittered waits before.
+    """
 
     def delay(failed_attempts: int) -> float:
-        if failed_attempts <= 1:
-            wait = base
-        else:
-            wait = min(cap, max(base, 1.0) * 2 ** min(failed_attempts - 1, 16))
-        return wait * (1 + jitter() / 2)
+        doubled = max(base, 1.0) * 2 ** min(max(failed_attempts, 1) - 1, 16)
+        wait = base if failed_attempts <= 1 else doubled
+        return min(cap, wait * (1 + jitter() / 2))
 
     return delay
 

@@ -8,6 +8,7 @@ the test plays byte for byte on a ``StringTransport``. Time moves only through t
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from mupdate.config.imapdconf import parse_imapd_conf
 from mupdate.config.settings import slave_settings
 from mupdate.model import EntryState, MailboxEntry
+from mupdate.slave.uplink import retry_policy
 from tests.helpers.glue import ManualRunner, MasterRig
 from tests.helpers.memstore import InMemoryStore
 from tests.helpers.slaverig import SlaveRig
@@ -307,6 +309,27 @@ def test_retry_delay_0_and_1_refused_connects_do_not_spin(tmp_path, delay):
     slave.clock.pump([1] * 10)  # one second at a time: a retry is timed from when it is set
     # delay 0: attempts at 0, 0, 2, 6 s; delay 1: at 0, 1, 3, 7 s (then 14 s, 15 s).
     assert slave.endpoint.attempts == 4
+
+
+def test_jittered_retries_never_wait_longer_than_retry_max(tmp_path):
+    seed = 9
+    jitter = random.Random(seed).random
+    expected = retry_policy(20, 100, random.Random(seed).random)
+    slave = SlaveRig(tmp_path, retry_delay=20, retry_max=100, jitter=jitter)
+    slave.endpoint.refuse = True
+    slave.start()
+    waits = []
+    for failures in range(1, 8):
+        wait = expected(failures)
+        waits.append(wait)
+        attempts = slave.endpoint.attempts
+        slave.clock.advance(wait - 0.001)
+        assert slave.endpoint.attempts == attempts
+        slave.clock.advance(0.002)
+        assert slave.endpoint.attempts == attempts + 1
+    assert all(w <= 100 for w in waits)
+    assert waits[0] > 20  # jittered above the base ...
+    assert waits[-1] == 100  # ... and capped, jitter included
 
 
 # -- pings (§9.4) ---------------------------------------------------------------------------
