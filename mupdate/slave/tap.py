@@ -198,6 +198,13 @@ class SlaveService(StoreDaemon):
     def startService(self) -> None:
         self.scan_pool.start()
         super().startService()
+        if self.slave_settings.realm:
+            self.log.warn(
+                "mupdate_realm is set but has no effect: it is the SASL realm of realm-aware "
+                "mechanisms (Cyrus hands it to DIGEST-MD5), and none of ours (SCRAM, PLAIN, "
+                "LOGIN, EXTERNAL) has one; logging in to the master as {user}",
+                user=self.slave_settings.authname,
+            )
         if self.kicks is not None and self.slave_settings.kick_socket is not None:
             self._kick_port = listen_kick(self.reactor, self.slave_settings.kick_socket, self.kicks)
         self.log.info(

@@ -64,7 +64,9 @@ def make_slave(tmp_path: Path, master: OurMaster, name: str, **kw) -> OurSlave:
 
 @pytest.fixture
 def slave(tmp_path, master):
-    s = make_slave(tmp_path, master, "fe1")
+    s = make_slave(
+        tmp_path, master, "fe1", extra_config={"mupdate_retry_max": "3", "mupdate_realm": "EX"}
+    )
     yield s
     s.stop()
 
@@ -72,6 +74,8 @@ def slave(tmp_path, master):
 def test_sync_then_stream_then_read_only(master, slave):
     write(master, ("ACTIVATE", "user.a", "be1!default", "a\tlrs\t"), ("RESERVE", "user.r", "be2!p"))
     slave.start()
+    # mupdate_realm is read (Cyrus's option) but none of our mechanisms has a realm: say so.
+    assert "mupdate_realm is set but has no effect" in slave.log_path.read_text()
     with login(master) as m:
         expected = m.list()
     watcher, dump = stream(slave)

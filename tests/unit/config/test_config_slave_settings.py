@@ -126,3 +126,9 @@ def test_spool_hashing_keys_are_cyrus_booleans():
     both = settings_of(BASE + "hashimapspool: true\nfulldirhash: 1\n")
     assert (both.hashimapspool, both.fulldirhash) == (True, True)
     assert "hashimapspool" in error_of(BASE + "hashimapspool: maybe\n")
+
+
+def test_realm_is_read_as_given():
+    # Kept for the same imapd.conf as Cyrus; the slave warns at start that it has no effect.
+    assert settings_of(BASE + "mupdate_realm: EXAMPLE.TEST\n").realm == "EXAMPLE.TEST"
+    assert settings_of(BASE).realm == ""
