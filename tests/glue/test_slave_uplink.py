@@ -684,6 +684,53 @@ def test_unified_brake_holds_but_the_healer_reannounces_local_mailboxes(tmp_path
     assert slave.healer.counters.healed == 2  # nothing more to announce
 
 
+def test_healer_conflict_is_reported_never_forced(tmp_path, events):
+    partition = tmp_path / "p1"
+    for name in (b"user.loc1", b"user.loc2"):
+        write_header(partition, name, "uuid")
+    local = [
+        active(b"user.loc1", b"be1!p1", b"loc1\tlrswipkxtecda\t"),
+        active(b"user.loc2", b"be1!p1", b""),
+    ]
+    master = MasterRig(tmp_path)  # lost its database
+    slave = SlaveRig(
+        tmp_path,
+        master=master,
+        entries=local,
+        murder_mode="unified",
+        partitions=(("p1", partition),),
+    )
+    assert slave.healer is not None
+    slave.start()
+    uplink = slave.pairs[0]
+    while uplink.pump.flush():  # the uplink's session only: the healer has not spoken yet
+        pass
+    assert slave.uplink.connected
+    assert len(slave.pairs) == 2  # the healer's connection, waiting
+    # Meanwhile another backend takes user.loc1 at the master.
+    other = master.login()
+    assert other.send(b'X0 RESERVE "user.loc1" "be2!p"\r\n') == b'X0 OK "done"\r\n'
+    refused = other.send(b'X1 RESERVE "user.loc1" "be1!p1"\r\n')
+    slave.flush()
+
+    assert slave.healer.counters.conflicts == 1
+    assert slave.healer.counters.healed == 1  # user.loc2
+    assert slave.healer.counters.failures == 0
+    [conflict] = logged(events, LogLevel.error, "cannot re-announce local mailbox")
+    assert conflict["mailbox"] == "user.loc1"
+    assert conflict["location"] == "be1!p1"
+    assert conflict["old_location"] == "be2!p"
+    assert f'X1 NO "{conflict["reason"]}"'.encode() in refused  # the master's own words
+    # Nothing forced: the master keeps its owner, no ACTIVATE for user.loc1 was sent.
+    assert master.store.entries[b"user.loc1"] == reserved(b"user.loc1", b"be2!p")
+    assert master.store.entries[b"user.loc2"] == active(b"user.loc2", b"be1!p1")
+    commands = master.factory.counters.commands
+    assert (commands["RESERVE"], commands["ACTIVATE"], commands["FIND"]) == (4, 1, 1)
+    # And the slave keeps its local mailbox against the master's RESERVE elsewhere.
+    assert slave.stored()[b"user.loc1"] == local[0]
+    assert logged(events, LogLevel.error, "guard kept local mailbox", state="stream")
+
+
 def _unified_with_partition(tmp_path, **kw):
     partition = tmp_path / "p1"
     partition.mkdir(exist_ok=True)
