@@ -47,11 +47,12 @@ SCRIPTS = (
 PLUGINS = ("mupdate-master", "mupdate-slave")
 # Every sample config and systemd unit in etc/ (read from the tree, so a new one that
 # setup.cfg's data_files forgets fails here), and the operator's documentation.
-DATA_FILES = tuple(
-    f"share/mupdate/etc/{p.name}"
-    for p in sorted((repo_root() / "etc").iterdir())
-    if p.suffix in (".conf", ".service")
-) + (
+DATA_FILES = (
+    *(
+        f"share/mupdate/etc/{p.name}"
+        for p in sorted((repo_root() / "etc").iterdir())
+        if p.suffix in (".conf", ".service")
+    ),
     "share/doc/mupdate/README.md",
     "share/doc/mupdate/operators-guide.md",
 )
