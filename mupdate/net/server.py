@@ -241,8 +241,15 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         if self.output is not None and not self.output.idle:
             self.factory.clock.callLater(0.05, self._finish_close)
             return
-        if self.transport is not None:
-            self.transport.loseConnection()
+        transport = self.transport
+        if transport is None:
+            return
+        if self.output is not None:
+            # Under TLS a producer still registered holds the close back until the peer
+            # closes first: a client waiting for our close after LOGOUT would hang.
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseConnection()
+        self._abort_call = self.factory.clock.callLater(10, transport.abortConnection)  # type: ignore[attr-defined]
 
     def _bye(self, text_: bytes, trailing_nul: bool = False) -> None:
         """``* BYE``, straight to the transport, then close; abort if the peer does not read."""

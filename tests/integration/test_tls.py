@@ -291,3 +291,23 @@ def test_master_tls_versions(tmp_path, pki, config, maximum, expected):
     finally:
         master.stop()
     assert ("logged in" in master.log_tail(200)) == (expected is not None)
+
+
+def test_master_closes_a_tls_session_after_logout_without_waiting_for_the_client(tmp_path, pki):
+    """LOGOUT over TLS: the master closes its side at once (TLS close_notify, then EOF), as
+    it does in clear. It once waited for the client to close first (the output producer
+    was still registered, so the TLS layer never began its shutdown), and a client that
+    waits for the server's close, as Cyrus's mupdatetest does, hung."""
+    master = tls_master(tmp_path, pki)
+    try:
+        with starttls_with(master, pki, V.TLSv1_3) as c:
+            assert c.authenticate_plain("admin", "secret").ok
+            c.send_raw(b"L01 LOGOUT\r\n")
+            assert c.read_until_tagged(b"L01").ok, c.transcript
+            c.sock.settimeout(10)  # a bound on a hang, not a figure
+            rest = b""
+            while chunk := c.sock.recv(4096):
+                rest += chunk
+            assert rest == b"", rest
+    finally:
+        master.stop()
