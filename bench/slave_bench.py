@@ -146,6 +146,8 @@ def main() -> int:
             while len(logged_resyncs(workdir / "slave.log")) < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)  # noqa: TID251 - a benchmark polling its own log, bounded
             resyncs = logged_resyncs(workdir / "slave.log")
+            if len(resyncs) < 2:
+                raise SystemExit("slave_bench: the slave did not resync after the master restart")
             results.append(
                 {
                     "figure": "resync_after_master_restart",

@@ -308,7 +308,8 @@ class SyslogSocket:
 
     A datagram socket queues only a few messages (Linux: ``net.unix.max_dgram_qlen``, 10)
     until the daemon reads them, so a burst (a traceback is one message a line) fills it.
-    Like syslog(3), ``send`` then waits for room, but at most ``wait`` seconds; once a wait
+    Like syslog(3), ``send`` then waits for room, but at most until its ``deadline`` (one
+    budget of ``wait`` seconds for a whole event, however many lines it has); once a wait
     has timed out (a daemon that is stuck, not slow) it drops without waiting until a
     message goes through again, so the reactor is never held up for long."""
 
@@ -320,14 +321,18 @@ class SyslogSocket:
         self._stream = False
         self._stuck = False
 
-    def send(self, data: bytes) -> bool:
+    def send(self, data: bytes, deadline: float | None = None) -> bool:
+        """Send one message, waiting for room until ``deadline`` (``time.monotonic()``;
+        default: ``wait`` seconds from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.wait
         for _ in range(2):  # a socket that went stale (syslogd restarted): reconnect once
             sock = self._sock or self._connect()
             if sock is None:
                 break
             payload = data + b"\0" if self._stream else data
             try:
-                sent = self._send(sock, payload)
+                sent = self._send(sock, payload, deadline)
             except OSError:
                 self.close()
                 continue
@@ -339,12 +344,12 @@ class SyslogSocket:
         self.dropped += 1
         return False
 
-    def _send(self, sock: socket.socket, payload: bytes) -> int | None:
+    def _send(self, sock: socket.socket, payload: bytes, deadline: float) -> int | None:
         """Bytes sent, or None when the daemon did not make room in time."""
         try:
             sent = sock.send(payload)
         except BlockingIOError:
-            if self._stuck or not select.select([], [sock], [], self.wait)[1]:
+            if self._stuck or not self._writable(sock, deadline - time.monotonic()):
                 self._stuck = True
                 return None
             try:
@@ -354,6 +359,15 @@ class SyslogSocket:
                 return None
         self._stuck = False
         return sent
+
+    @staticmethod
+    def _writable(sock: socket.socket, seconds: float) -> bool:
+        # poll, not select: select refuses descriptors >= 1024, which a busy daemon reaches
+        if seconds <= 0:
+            return False
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(seconds * 1000))
 
     def _connect(self) -> socket.socket | None:
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
@@ -396,9 +410,10 @@ class SyslogObserver:
         if isinstance(failure, Failure):
             message += "\n" + failure.getTraceback()
         pid = os.getpid()  # read each time: twistd forks after building the observer
+        deadline = time.monotonic() + self.socket.wait  # one budget for all the lines
         for line in message.splitlines() or [""]:
             line = line.replace("\0", "\\0")
-            self.socket.send(syslog_line(priority, when, self.ident, pid, line))
+            self.socket.send(syslog_line(priority, when, self.ident, pid, line), deadline)
 
 
 # -- the chain -------------------------------------------------------------------------

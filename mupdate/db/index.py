@@ -43,6 +43,11 @@ class MailboxIndex:
         self._entries: dict[bytes, MailboxEntry] = {}
         for entry in entries:
             self._entries[entry.name] = self._slim(entry)
+        # kept up to date by put/remove: status, /metrics and the systemd STATUS line read
+        # it often, and a pass over a million entries would hold the reactor each time
+        self._counts: dict[EntryState, int] = {}
+        for entry in self._entries.values():
+            self._counts[entry.state] = self._counts.get(entry.state, 0) + 1
         self._tombstones: dict[bytes, Tombstone] = {t.name: t for t in tombstones}
         for name in self._entries:
             self._tombstones.pop(name, None)
@@ -58,11 +63,8 @@ class MailboxIndex:
         return name in self._entries
 
     def count_by_state(self) -> dict[EntryState, int]:
-        """Entries per state: one pass, for status and metrics at scrape time."""
-        counts: dict[EntryState, int] = {}
-        for entry in self._entries.values():
-            counts[entry.state] = counts.get(entry.state, 0) + 1
-        return counts
+        """Entries per state (states with none left out)."""
+        return {state: n for state, n in self._counts.items() if n}
 
     def get(self, name: bytes) -> MailboxEntry | None:
         return self._entries.get(name)
@@ -82,7 +84,11 @@ class MailboxIndex:
         """Insert or replace ``entry`` and drop its name's tombstone, as ``PutEntry`` does."""
         entry = self._slim(entry)
         name = entry.name
-        if name not in self._entries:
+        old = self._entries.get(name)
+        if old is not None:
+            self._counts[old.state] -= 1
+        self._counts[entry.state] = self._counts.get(entry.state, 0) + 1
+        if old is None:
             if _odd(name):
                 self._odd.add(name)
             if name in self._gone:
@@ -94,8 +100,10 @@ class MailboxIndex:
 
     def remove(self, name: bytes) -> None:
         """Drop the entry ``name``; nothing happens if there is none. Tombstones are kept."""
-        if self._entries.pop(name, None) is None:
+        old = self._entries.pop(name, None)
+        if old is None:
             return
+        self._counts[old.state] -= 1
         self._odd.discard(name)
         if name in self._added:
             self._added.discard(name)

@@ -53,7 +53,8 @@ class _Exchange(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._feed(b"")
-        self.closed.callback(None)
+        if not self.closed.called:  # cancelled by the timeout while we waited for the close
+            self.closed.callback(None)
 
     def _feed(self, data: bytes) -> None:
         if self.reply.called:

@@ -37,6 +37,9 @@ class OurMasterError(AssertionError):
 
 def _env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
+    # A runner under systemd must not hand its own notify socket to the daemons it tests.
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(root), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
     )

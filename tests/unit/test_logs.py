@@ -365,6 +365,7 @@ def test_syslog_waits_for_a_slow_daemon_in_a_burst(tmp_path: Path) -> None:
     reader = threading.Thread(target=daemon)
     reader.start()
     observer = logs.SyslogObserver("mupdate-master", "mail", Path(sock.getsockname()))
+    observer.socket.wait = 10  # a bound for a loaded machine; the reader keeps up long before
     log = Logger(namespace="mupdate.x", observer=observer)
     for n in range(60):
         log.info("line {count}", count=n)
@@ -388,6 +389,21 @@ def test_syslog_drops_rather_than_block_on_a_stuck_daemon(tmp_path: Path) -> Non
     assert observer.socket.dropped == 40 - len(kept)
     log.info("after {state}", state="catching up")  # the daemon read: sent again
     assert [parsed(d)[4] for d in datagrams(sock)] == ["after catching up"]
+
+
+def test_syslog_event_lines_share_one_wait_budget(tmp_path: Path) -> None:
+    """A many-line event (a traceback) waits at most one budget in all, not one per line:
+    once its deadline has passed, a full socket drops at once instead of waiting again."""
+    sock = syslog_socket(tmp_path)  # bound, never read
+    writer = logs.SyslogSocket(Path(sock.getsockname()), wait=30)
+    sent = 0
+    while writer.send(b"<22>fill", deadline=time.monotonic()) and sent < 1000:
+        sent += 1  # fills the queue without waiting (a deadline of now)
+    assert 0 < sent < 1000
+    writer._stuck = False  # a daemon that was only slow so far
+    started = time.monotonic()
+    assert not writer.send(b"<22>late", deadline=time.monotonic() - 1)
+    assert time.monotonic() - started < 5  # no 30 s wait: the event's budget was spent
 
 
 def test_syslog_on_a_stream_socket_sends_nul_terminated_messages(tmp_path: Path) -> None:

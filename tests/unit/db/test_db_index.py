@@ -227,3 +227,28 @@ def test_index_matches_naive_model(
         assert len(index) == len(model)
     assert list(index.in_order()) == model_order()
     assert all(index.get(name) == entry for name, entry in model.items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"user.a", b"user.b", b"user.c", b"user.a.b"]),
+            st.sampled_from([None, EntryState.ACTIVE, EntryState.RESERVED]),
+        ),
+        max_size=40,
+    )
+)
+def test_count_by_state_follows_every_put_and_remove(steps):
+    """The counts are kept as entries come, change state and go (status, /metrics and the
+    systemd STATUS line read them without a pass over the index)."""
+    index = MailboxIndex([MailboxEntry(b"user.a", EntryState.RESERVED, b"be1!p")])
+    for name, state in steps:
+        if state is None:
+            index.remove(name)
+        else:
+            index.apply(PutEntry(MailboxEntry(name, state, b"be1!p", b"")))
+        expected: dict[EntryState, int] = {}
+        for entry in index.in_order():
+            expected[entry.state] = expected.get(entry.state, 0) + 1
+        assert index.count_by_state() == expected
