@@ -8,9 +8,12 @@ goes through the guard too (Cyrus guards only the resync, §9.3), then through t
 group committer the master uses, so a chained slave sees each change once it is durable.
 
 On a unified backend the guard's "on our partitions?" comes from partition scans
-(``locality.py``): each resync waits for the scan begun with it, and a streamed change that
-would remove or move away an entry we hold, for a name no scan found, may first wait for a
-rescan (``rescan_for``; rate-limited there). Lines behind it wait too, in order.
+(``locality.py``): each resync waits for the scan begun with it and judges by what it found
+(``resync_facts``: no look at the disk per name), and a streamed change that would remove
+or move away an entry we hold, for a name no scan found, may first wait for a rescan
+(``rescan_for``; rate-limited there). Lines behind it wait too, in order. When that rescan
+fails, or a resync fails, the connection is dropped and every later line of it is ignored
+until the next resync begins: applying them would skip the lines dropped before them.
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ class Replica:
         self.store = store
         self.index = index
         self.facts = facts
+        #: What a resync's plan and brake judge by (locality.DiskLocality.scanned on a
+        #: unified backend: the scan just run, not a stat per name on the reactor).
+        self.resync_facts = facts
         self.brake = brake
         self.hub = StreamHub()
         self.counters = ReplicaCounters()
@@ -118,6 +124,8 @@ class Replica:
         self._scan: Deferred[None] | None = None  # the scan begun with this resync
         self._scan_wait: list[StreamLine] | None = None  # lines waiting for a rescan
         self._scan_pending: Deferred[None] | None = None
+        #: A resync was demanded (the connection is being dropped): its lines are ignored.
+        self._dropping = False
         self._keeps = store if isinstance(store, KeepsLocalRecords) else None
         self.committer: GroupCommitter[MailboxEntry | None] = GroupCommitter(
             store, run_blocking, self._committed, self._reload
@@ -130,7 +138,7 @@ class Replica:
         for line in dump:
             remote[line.name] = entry_from_line(line)  # a repeated name: the later line wins
         local = {e.name: e for e in self.index.in_order()}
-        return plan_resync(local, remote, self.facts, own_servername=self._own_servername)
+        return plan_resync(local, remote, self.resync_facts, own_servername=self._own_servername)
 
     def _confirm_removals(self, plan: ResyncPlan) -> ResyncPlan:
         """Removals wait ``remove_delay`` for a resync that confirms them (defer_removals)."""
@@ -160,6 +168,7 @@ class Replica:
         belong to the old connection: the dump replaces them."""
         self._held_lines = []
         self._scan_wait = self._scan_pending = None
+        self._dropping = False
         self._resync_started = self._now()
         self._scan = self.scan_partitions()
 
@@ -185,7 +194,7 @@ class Replica:
     def _resync(self, dump: list[MailboxLine | ReserveLine]) -> Deferred[ResyncPlan]:
         plan = self._confirm_removals(self.plan(dump))
         local = {e.name: e for e in self.index.in_order()}
-        verdict = check_brake(plan, local, self.facts, self.brake)
+        verdict = check_brake(plan, local, self.resync_facts, self.brake)
         if isinstance(verdict, Hold):
             if self._consume_release():
                 self.log.warn(
@@ -265,7 +274,9 @@ class Replica:
             self.apply_line(line)
 
     def abandon_resync(self) -> None:
+        """The resync failed; the uplink drops the connection, and its lines are ignored."""
         self._held_lines = None
+        self._dropping = True
         scan, self._scan = self._scan, None
         if scan is not None:
             scan.addErrback(lambda _: None)  # logged by the scanner; nobody waits for it now
@@ -273,6 +284,11 @@ class Replica:
     # -- the stream --------------------------------------------------------------------
 
     def apply_line(self, line: StreamLine) -> Deferred[None] | None:
+        if self._dropping:
+            # Lines before this one were dropped; a resync on the next connection replaces
+            # them all. (Under TLS the link may stay open until the master's close_notify.)
+            self.log.debug("ignoring {mailbox}: resyncing", mailbox=text(line.name))
+            return None
         waiting = self._held_lines if self._held_lines is not None else self._scan_wait
         if waiting is not None:
             waiting.append(line)
@@ -324,6 +340,7 @@ class Replica:
                 reason=str(outcome.value),
                 count=len(waiting),
             )
+            self._dropping = True
             self.resync_now()
             return
         for line in waiting:

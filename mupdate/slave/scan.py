@@ -11,8 +11,12 @@ nothing (garbage) is reported as unnamed.
 
 Safety: whatever hides part of a partition (an absent or unreadable partition, a directory
 or header we may not read, an I/O error, a tree deeper than any Cyrus path) raises
-``OSError``: the caller must then not take "not found" for "not here". Symlinked directories
-are never followed; a symlinked header counts only when it resolves inside the partition.
+``OSError``: the caller must then not take "not found" for "not here". A directory or
+header below the partition that goes away while the scan runs (ENOENT, ENOTDIR: Cyrus
+deleted or renamed a mailbox) is skipped, as a moment later it would not have been found
+at all; the partition itself must still be the one the scan began on (same device and
+inode) when the scan ends, so an unmount mid-scan still raises. Symlinked directories are
+never followed; a symlinked header counts only when it resolves inside the partition.
 Bounded: at most ``max_depth`` directory levels and ``max_header_bytes`` read per header.
 A uuid mailbox directory is not listed (its messages are not our business), only its header
 read. Imports nothing from Twisted.
@@ -91,7 +95,8 @@ def header_name(data: bytes) -> bytes | None:
 @dataclass
 class ScanResult:
     """What one scan saw. ``unnamed``: paths of headers that name no mailbox (the first
-    ``MAX_UNNAMED_SHOWN``), ``unnamed_count`` all of them; ``links``: symlinks not followed."""
+    ``MAX_UNNAMED_SHOWN``), ``unnamed_count`` all of them; ``links``: symlinks not followed;
+    ``vanished``: directories listed that were gone when the scan came to them."""
 
     names: set[bytes] = field(default_factory=set)
     headers: int = 0
@@ -99,28 +104,55 @@ class ScanResult:
     unnamed: list[str] = field(default_factory=list)
     unnamed_count: int = 0
     links: int = 0
+    vanished: int = 0
+
+
+_GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR})
+"""What a path below the partition raises when it was removed or renamed since it was listed."""
 
 
 def _read_header(path: Path, root: Path, limit: int) -> bytes | None:
     """A header's first ``limit`` bytes; None when it is not a regular file inside ``root``
-    (absent, a directory, or a symlink resolving elsewhere). Other faults raise."""
+    (gone, a directory, or a symlink resolving elsewhere). Other faults raise."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(root):
-            return None
-        try:
+        if stat.S_ISLNK(st.st_mode):
+            real = Path(os.path.realpath(path))
+            if not real.is_relative_to(root):
+                return None
             st = os.stat(real)
-        except FileNotFoundError:
+            path = real
+        if not stat.S_ISREG(st.st_mode):
             return None
-        path = real
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    with open(path, "rb") as f:
-        return f.read(limit)
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError as exc:
+        if exc.errno in _GONE:  # at any step: removed since it was listed, or never there
+            return None
+        raise
+
+
+def _root_identity(root: Path) -> tuple[int, int]:
+    st = os.stat(root)  # an absent partition raises here: never "no mailboxes"
+    return st.st_dev, st.st_ino
+
+
+def _check_root(root: Path, identity: tuple[int, int]) -> None:
+    """What went away below ``root`` during the scan was skipped: fine, unless ``root``
+    itself went (an unmount leaves the mount point, on another device)."""
+    if _root_identity(root) != identity:
+        raise ScanError(errno.ESTALE, "the partition changed during the scan", str(root))
+
+
+def _list(directory: Path, parts: list[bytes]) -> list[os.DirEntry[str]] | None:
+    """The entries of ``directory``; None when it is below the partition and has gone."""
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as exc:
+        if parts and exc.errno in _GONE:
+            return None
+        raise
 
 
 def _take(result: ScanResult, path: Path, parts: list[bytes], data: bytes) -> None:
@@ -151,6 +183,7 @@ def scan_partition(
 ) -> None:
     """Add what ``root`` holds to ``result``; raises ``OSError`` when it cannot see it all."""
     root = Path(os.path.realpath(root))
+    identity = _root_identity(root)
     stack: list[tuple[Path, list[bytes]]] = [(root, [])]
     while stack:
         if should_stop():
@@ -163,21 +196,23 @@ def scan_partition(
             if data is not None:
                 _take(result, header, parts, data)
             continue
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.name == HEADER:
-                    header = Path(entry.path)
-                    data = _read_header(header, root, max_header_bytes)
-                    if data is not None:
-                        _take(result, header, parts, data)
-                elif entry.is_symlink():
-                    result.links += 1
-                elif entry.is_dir(follow_symlinks=False):
-                    if len(parts) >= max_depth:
-                        raise ScanError(
-                            errno.ELOOP, "deeper than any Cyrus mailbox path", entry.path
-                        )
-                    stack.append((Path(entry.path), [*parts, os.fsencode(entry.name)]))
+        entries = _list(directory, parts)
+        if entries is None:
+            result.vanished += 1
+            continue
+        for entry in entries:
+            if entry.name == HEADER:
+                header = Path(entry.path)
+                data = _read_header(header, root, max_header_bytes)
+                if data is not None:
+                    _take(result, header, parts, data)
+            elif entry.is_symlink():
+                result.links += 1
+            elif entry.is_dir(follow_symlinks=False):
+                if len(parts) >= max_depth:
+                    raise ScanError(errno.ELOOP, "deeper than any Cyrus mailbox path", entry.path)
+                stack.append((Path(entry.path), [*parts, os.fsencode(entry.name)]))
+    _check_root(root, identity)
 
 
 def scan_partitions(

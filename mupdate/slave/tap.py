@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,11 @@ class SlaveService(StoreDaemon):
             reactor,
         )
         on_disk: Callable[[bytes], bool] = self.locality.on_disk
+        scanned: Callable[[bytes], bool] = self.locality.scanned  # a resync's: no stat per name
         if isinstance(self.store, CyrusMailboxStore):
             # Cyrus's own test first: a record without a server in its mailboxes.db.
             on_disk = _either(self.store.is_local, on_disk)
+            scanned = _either(self.store.is_local, scanned)
         # A bare location is a server name (a pointer elsewhere) in both stores: the SQLite
         # copy keeps the master's bytes, and the Cyrus store reads a local record back at
         # our servername.
@@ -158,6 +161,7 @@ class SlaveService(StoreDaemon):
             reactor.seconds,
             lambda: release_requested(settings.configdirectory),
         )
+        self.replica.resync_facts = replace(facts, on_disk=scanned)
         self.replica.reload_before_resync = cyrus is not None
         self.replica.scan_partitions = self.locality.scan
         self.replica.rescan_for = self.locality.rescan_for

@@ -214,8 +214,9 @@ class Uplink:
                 server=self.settings.mupdate_server,
                 reason=failure.getErrorMessage() or repr(failure.value),
             )
-        if protocol.transport is not None:
-            protocol.transport.loseConnection()
+        # Through the protocol: it stops reading, and aborts a peer that never lets go
+        # (under TLS, loseConnection waits for the master's close_notify).
+        protocol.close()
 
     def _lost(self, _: object) -> None:
         self.connected = False
@@ -323,13 +324,15 @@ class Uplink:
         self._confirm_call = self.clock.callLater(seconds, self._confirm)
 
     def _resync_now(self) -> None:
+        """Drop the connection so that the next one resyncs: ``close`` stops reading at
+        once and aborts after ``close_timeout`` a master that does not let go."""
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.loseConnection()
+        if protocol is not None:
+            protocol.close()
 
     def _confirm(self) -> None:
         self._confirm_call = None
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
+        if protocol is not None:
             self.log.info("resyncing to confirm what the master no longer lists")
-            protocol.transport.loseConnection()
+            protocol.close()

@@ -18,6 +18,8 @@ from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from mupdate.config.imapdconf import parse_imapd_conf
 from mupdate.config.settings import slave_settings
 from mupdate.model import EntryState, MailboxEntry
+from mupdate.protocol.responses import MailboxLine
+from mupdate.slave.disk import make_on_disk
 from mupdate.slave.uplink import retry_policy
 from tests.helpers.glue import ManualRunner, MasterRig
 from tests.helpers.memstore import InMemoryStore
@@ -800,6 +802,91 @@ def test_failed_rescan_resyncs_instead_of_applying(tmp_path, events):
     assert error["count"] == 1
 
 
+def test_after_a_failed_rescan_later_lines_are_ignored_until_the_next_resync(tmp_path, events):
+    scans = ManualRunner()
+    slave, partition = _unified_with_partition(tmp_path, scan_runner=scans)
+    slave.start()
+    conn = slave.conn
+    conn.sync(LOCAL_DUMP)
+    scans.run_all()
+    slave.clock.advance(61)
+    partition.rename(tmp_path / "unmounted")
+    conn.feed(b'U01 DELETE "user.rem"\r\n')
+    scans.run_all()  # fails: the DELETE is dropped and a resync demanded
+    assert conn.closing
+    # Under TLS the link stays open until the master's close_notify, and lines still come;
+    # each came after the dropped DELETE, so none may be applied.
+    conn.feed(b'U01 MAILBOX "user.late" "be2!p" ""\r\n')
+    slave.replica.apply_line(MailboxLine(b"U01", b"user.later", b"be1!p1", b""))  # no disk look
+    assert slave.stored() == {e.name: e for e in LOCAL}
+    assert slave.replica.counters.stream_changes == 0
+    assert not conn.transport.disconnected
+    slave.clock.advance(10)  # the master never lets go: the close becomes an abort
+    assert conn.transport.disconnected  # StringTransport's mark of abortConnection
+
+    (tmp_path / "unmounted").rename(partition)
+    conn.lose()
+    slave.clock.advance(100)  # the retry
+    conn = slave.conn
+    conn.sync(LOCAL_DUMP)
+    scans.run_all()
+    assert slave.uplink.connected
+    conn.feed(b'U01 MAILBOX "user.new" "be2!p" ""\r\n')  # the next resync applies lines again
+    assert slave.stored()[b"user.new"] == active(b"user.new", b"be2!p")
+
+
+def test_confirming_resync_closes_through_the_protocol_and_aborts_a_clinging_master(tmp_path):
+    slave = SlaveRig(tmp_path, entries=PREVIOUS, retry_delay=100)
+    slave.replica.remove_delay = 30
+    slave.start()
+    conn = slave.conn
+    conn.sync(b'U01 MAILBOX "user.anne" "be2!p" "anne\tlrswipkxtecda\t"\r\n')
+    assert slave.replica.counters.deferred_removals == 2  # bob and carl wait for a confirm
+    slave.clock.advance(30)
+    assert conn.closing
+    conn.feed(b'U01 MAILBOX "user.late" "be2!p" ""\r\n')  # still open (TLS): not read
+    assert b"user.late" not in slave.stored()
+    slave.clock.advance(10)
+    assert conn.transport.disconnected
+
+
+def test_resync_judges_by_the_scan_alone_but_the_stream_still_looks_at_the_disk(tmp_path, events):
+    partition = tmp_path / "p1"
+    looked_up: list[bytes] = []
+    legacy = make_on_disk([partition])
+
+    def header_now(name: bytes) -> bool:
+        looked_up.append(name)
+        return legacy(name)
+
+    write_header(partition, b"user.kept", "uuid")  # held as remote, and on our disk
+    slave = SlaveRig(
+        tmp_path,
+        entries=[*LOCAL, active(b"user.kept", b"be2!p")],
+        murder_mode="unified",
+        heal=False,
+        partitions=(("p1", partition),),
+        retry_delay=100,
+        header_now=header_now,
+    )
+    remote = b"".join(b'U01 MAILBOX "user.r%03d" "be2!p" ""\r\n' % i for i in range(50))
+    slave.start()
+    conn = slave.conn
+    conn.sync(LOCAL_DUMP + remote)  # user.kept is not listed
+    assert slave.uplink.connected
+    assert looked_up == []  # the plan and the brake asked about 54 names: none by stat
+    assert slave.stored()[b"user.kept"] == active(b"user.kept", b"be2!p")  # the scan found it
+    assert len(slave.stored()) == 54
+
+    # user.rem moves here since the scan, in the legacy layout; the master deletes it.
+    write_header(partition, b"user.rem", "legacy")
+    conn.feed(b'U01 DELETE "user.rem"\r\n')
+    assert looked_up == [b"user.rem"]
+    assert slave.stored()[b"user.rem"] == active(b"user.rem", b"be2!p")
+    [refusal] = logged(events, LogLevel.error, "guard kept local mailbox", state="stream")
+    assert refusal["mailbox"] == "user.rem"
+
+
 def test_resync_fails_whole_when_the_partitions_cannot_be_scanned(tmp_path, events):
     partition = tmp_path / "p1"  # not there: an unmounted spool
     slave = SlaveRig(
@@ -813,6 +900,7 @@ def test_resync_fails_whole_when_the_partitions_cannot_be_scanned(tmp_path, even
     conn = slave.conn
     conn.sync(LOCAL_DUMP.split(b"\r\n", 2)[2])  # the master no longer lists user.loc*
     assert conn.closing
+    conn.feed(b'U01 MAILBOX "user.late" "be1!p1" ""\r\n')  # the link may linger (TLS)
     assert slave.stored() == {e.name: e for e in LOCAL}  # nothing removed on a blind guess
     assert slave.replica.counters.resyncs == 0
     [error] = logged(events, LogLevel.error, "cannot scan the partitions")

@@ -150,7 +150,8 @@ class SlaveRig:
     """One slave, following ``master`` (a ``MasterRig``, via iosim) or a scripted master.
 
     ``entries`` is the copy from an earlier run; ``scan_runner`` runs partition scans (the
-    production thread's stand-in), ``jitter`` is the retry jitter. Settings default to a
+    production thread's stand-in), ``header_now`` replaces the per-name legacy header check
+    (to count its calls), ``jitter`` is the retry jitter. Settings default to a
     standard slave ``be1`` logging in as the glue admin; keyword arguments replace any
     ``SlaveSettings`` field. ``release_brake()`` arms the one-shot operator release
     (``consume_release``).
@@ -166,6 +167,7 @@ class SlaveRig:
         runner: Callable[[Callable[[], object]], Deferred[object]] = immediate,
         scan_runner: Callable[[Callable[[], object]], Deferred[object]] = immediate,
         jitter: Callable[[], float] = lambda: 0.0,
+        header_now: Callable[[bytes], bool] | None = None,
         **settings: Any,
     ) -> None:
         self.master = master
@@ -189,6 +191,7 @@ class SlaveRig:
             SpoolLayout(self.settings.hashimapspool, self.settings.fulldirhash),
             scan_runner,  # type: ignore[arg-type]  # fires with the scan's result
             self.clock,
+            header_now=header_now,
         )
         self.on_disk = self.locality.on_disk
         # As tap.SlaveService builds it: the copy keeps the master's bytes.
@@ -212,6 +215,7 @@ class SlaveRig:
             self.clock.seconds,
             self._consume_release,
         )
+        self.replica.resync_facts = replace(self.facts, on_disk=self.locality.scanned)
         self.replica.scan_partitions = self.locality.scan
         self.replica.rescan_for = self.locality.rescan_for
         role = ROLE_SLAVE_PREFIX + self.settings.mupdate_server.encode()

@@ -107,6 +107,36 @@ def test_a_failed_scan_keeps_what_earlier_scans_found_and_answers_nothing_else(
     assert (disk.scans, disk.failures) == (2, 1)
 
 
+def test_scanned_answers_from_the_scan_alone_and_still_refuses_to_guess(tmp_path: Path) -> None:
+    p = tmp_path / "spool"
+    put(p, ALICE_UUID, b"user.alice")
+    put(p, "user/legacy", b"user.legacy")
+    looked_up: list[bytes] = []
+
+    def header_now(name: bytes) -> bool:
+        looked_up.append(name)
+        return True
+
+    disk = DiskLocality([p], SpoolLayout(), immediate, Clock(), header_now=header_now)
+    with pytest.raises(NotScanned):
+        disk.scanned(b"user.bob")
+    disk.scan()
+    put(p, "user/bob", b"user.bob")  # made since the scan: the next scan will tell
+    assert [disk.scanned(n) for n in (b"user.alice", b"user.legacy", b"user.bob")] == [
+        True,
+        True,
+        False,
+    ]
+    assert looked_up == []
+    assert disk.on_disk(b"user.bob") is True  # the stream's check looks at the disk
+    assert looked_up == [b"user.bob"]
+    p.rename(tmp_path / "unmounted")
+    disk.scan().addErrback(lambda _: None)
+    with pytest.raises(OSError, match="the last partition scan failed"):
+        disk.scanned(b"user.bob")
+    assert disk.scanned(b"user.alice") is True  # found before: still local
+
+
 def test_concurrent_requests_share_one_scan(tmp_path: Path) -> None:
     p = tmp_path / "spool"
     put(p, ALICE_UUID, b"user.alice")

@@ -7,6 +7,8 @@ the uuid layout, ``hashimapspool: yes`` with ``mailbox_legacy_dirs: yes`` for th
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,69 @@ def test_scan_stops_when_asked(tmp_path: Path) -> None:
     put(p, "user/alice", ALICE)
     with pytest.raises(ScanError, match="stopped"):
         scan_partitions([p], should_stop=lambda: True)
+
+
+# -- mailboxes that go away while the scan runs (Cyrus deletes and renames at any time) -------
+
+
+def on_call(n: int, action: Callable[[], None]) -> Callable[[], bool]:
+    """A ``should_stop`` that never stops, but runs ``action`` just before the scan takes its
+    ``n``-th directory off its stack: everything listed by then is still to be visited."""
+    calls = 0
+
+    def hook() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            action()
+        return False
+
+    return hook
+
+
+def replace_with_file(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_bytes(b"not a directory any more")
+
+
+@pytest.mark.parametrize("how", [shutil.rmtree, replace_with_file])
+def test_scan_skips_a_directory_gone_since_it_was_listed(
+    tmp_path: Path, how: Callable[[Path], None]
+) -> None:
+    p = tmp_path / "spool"
+    put(p, "user/alice", ALICE)
+    put(p, "user/bob", cyrus_header(b"%(T e N user.bob I b)"))
+    # Calls 1 and 2 take the partition and user/ (listing alice and bob); then bob goes.
+    result = scan_partitions([p], should_stop=on_call(3, lambda: how(p / "user" / "bob")))
+    assert result.names == {b"user.alice"}
+    assert result.vanished == 1
+
+
+def test_scan_skips_a_uuid_mailbox_gone_since_it_was_listed(tmp_path: Path) -> None:
+    p = tmp_path / "spool"
+    put(p, "uuid/x/4/x4wc3csw9usap879mghge8wh", ALICE)
+    put(p, "uuid/x/4/x4bbbbbbbbbbbbbbbbbbbbbb", cyrus_header(b"%(T e N user.bob I b)"))
+    # partition, uuid/, uuid/x/, uuid/x/4/ (listing both mailboxes); then bob's directory
+    # turns into a file, and reading its header meets ENOTDIR.
+    gone = p / "uuid/x/4/x4bbbbbbbbbbbbbbbbbbbbbb"
+    result = scan_partitions([p], should_stop=on_call(5, lambda: replace_with_file(gone)))
+    assert result.names == {b"user.alice"}
+
+
+def test_scan_fails_when_the_partition_itself_goes_mid_scan(tmp_path: Path) -> None:
+    p = tmp_path / "spool"
+    put(p, "user/alice", ALICE)
+
+    def unmount() -> None:
+        p.rename(tmp_path / "elsewhere")
+        p.mkdir()  # the bare mount point: another directory where the partition was
+
+    with pytest.raises(ScanError, match="the partition changed during the scan"):
+        scan_partitions([p], should_stop=on_call(2, unmount))
+
+
+def test_scan_fails_when_the_partition_is_removed_mid_scan(tmp_path: Path) -> None:
+    p = tmp_path / "spool"
+    put(p, "user/alice", ALICE)
+    with pytest.raises(FileNotFoundError):
+        scan_partitions([p], should_stop=on_call(2, lambda: shutil.rmtree(p)))
