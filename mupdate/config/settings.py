@@ -326,6 +326,10 @@ class SlaveSettings(ServerSettings):
     retry_max: float = 300.0  # cap on the reconnect delay after repeated failures
     murder_mode: str = "standard"  # standard | unified
     partitions: tuple[tuple[str, Path], ...] = ()
+    # Where Cyrus keeps cyrus.header when not on the data partition (slave.disk.header_roots).
+    metapartitions: tuple[tuple[str, Path], ...] = ()
+    metapartition_files: frozenset[str] = frozenset()
+    header_metadirs: tuple[tuple[str, Path], ...] = ()  # Cyrus's metadir-header-NAME
     hashimapspool: bool = False  # Cyrus's spool layout (legacy directories), for the guard
     fulldirhash: bool = False
     local_servernames: frozenset[str] = frozenset()
@@ -368,6 +372,32 @@ class SlaveSettings(ServerSettings):
     def own_servernames(self) -> frozenset[str]:
         """Names that make a location ours, compared case-insensitively as Cyrus does."""
         return frozenset(n.lower() for n in {self.servername, *self.local_servernames})
+
+
+METAPARTITION_FILES: Final = frozenset(
+    {"header", "index", "cache", "expunge", "squat", "annotations", "lock", "dav", "archivecache"}
+)
+"""Cyrus 3.6's ``metapartition_files`` values (lib/imapoptions); any other word is fatal there."""
+
+
+def _named_paths(values: Mapping[str, ConfigRecord], prefix: str) -> tuple[tuple[str, Path], ...]:
+    """``PREFIXNAME: path`` keys as (NAME, path), sorted; empty values left out."""
+    return tuple(
+        (key[len(prefix) :], Path(record.value))
+        for key, record in sorted(values.items())
+        if key.startswith(prefix) and record.value
+    )
+
+
+def _metapartition_files(record: ConfigRecord) -> frozenset[str]:
+    files = frozenset(record.value.split())
+    unknown = files - METAPARTITION_FILES
+    if unknown:
+        raise SettingsError(
+            f"{_where(record)}: unknown metadata file {', '.join(sorted(unknown))} (Cyrus "
+            f"knows {' '.join(sorted(METAPARTITION_FILES))})"
+        )
+    return files
 
 
 def slave_settings(
@@ -417,11 +447,11 @@ def slave_settings(
                 f"{_where(values['mupdate_config'])}: a slave runs in standard or unified mode"
             )
         fields["murder_mode"] = mode
-    fields["partitions"] = tuple(
-        (key[len("partition-") :], Path(record.value))
-        for key, record in sorted(values.items())
-        if key.startswith("partition-") and record.value
-    )
+    fields["partitions"] = _named_paths(values, "partition-")
+    fields["metapartitions"] = _named_paths(values, "metapartition-")
+    fields["header_metadirs"] = _named_paths(values, "metadir-header-")
+    if "metapartition_files" in values:
+        fields["metapartition_files"] = _metapartition_files(values["metapartition_files"])
     for key in ("hashimapspool", "fulldirhash"):
         if key in values:
             fields[key] = parse_bool(values[key])

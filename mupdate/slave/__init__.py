@@ -9,7 +9,13 @@ modules are imported by name.
 """
 
 from mupdate.slave.brake import BrakeSettings, Hold, Proceed, check_brake
-from mupdate.slave.disk import SpoolLayout, header_path, legacy_names, make_on_disk
+from mupdate.slave.disk import (
+    SpoolLayout,
+    header_path,
+    header_roots,
+    legacy_names,
+    make_on_disk,
+)
 from mupdate.slave.guard import Accept, GuardRefusal, LocalFacts, check_change
 from mupdate.slave.resync import ResyncPlan, plan_resync
 from mupdate.slave.scan import ScanResult, header_name, scan_partitions
@@ -28,6 +34,7 @@ __all__ = [
     "check_change",
     "header_name",
     "header_path",
+    "header_roots",
     "legacy_names",
     "make_on_disk",
     "plan_resync",

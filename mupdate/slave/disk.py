@@ -13,6 +13,11 @@ choosing the letter). The *uuid* one (3.6's default) keeps it at
 ``stat`` per partition, for the legacy layout only. ``legacy_names`` goes the other way, from
 a directory path to the names it can hold, for headers that do not name their mailbox.
 
+``header_roots`` says which directory holds a partition's headers: the data partition, or
+its metapartition when Cyrus keeps headers there (``metapartition_files: header``). Below
+either root the layout is the same, so every other function here takes that root as "the
+partition".
+
 A name that could escape the partition (``/``, NUL, an empty, ``.`` or ``..`` path part)
 has no header path; a header reached through a symlink out of the partition is not ours.
 Imports nothing from Twisted.
@@ -21,7 +26,7 @@ Imports nothing from Twisted.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -30,7 +35,37 @@ HEADER: Final = "cyrus.header"
 UUID_DIR: Final = b"uuid"
 DOMAIN_DIR: Final = b"domain"
 
+META_HEADER: Final = "header"
+"""The ``metapartition_files`` word that moves ``cyrus.header`` to the metapartition."""
+
 _LEGACY: Final = bytes.maketrans(b".", b"/")
+
+
+def header_roots(
+    partitions: Iterable[tuple[str, Path]],
+    metapartitions: Iterable[tuple[str, Path]] = (),
+    metapartition_files: Collection[str] = (),
+    header_metadirs: Iterable[tuple[str, Path]] = (),
+) -> list[Path]:
+    """The directory holding each data partition's ``cyrus.header`` files, in order, each once.
+
+    Cyrus 3.6's ``mboxname_metapath`` for META_HEADER (imap/mboxname.c): the undocumented
+    ``metadir-header-NAME`` if set; else ``metapartition-NAME`` if ``header`` is among
+    ``metapartition_files`` and that key is set; else ``partition-NAME``. The mailbox path
+    below the chosen root is the same either way (``mboxname_hash``, ``mboxname_id_hash``).
+    Only the one root is returned: Cyrus neither writes nor reads a header anywhere else, and
+    a walk of the data partition as well would list every message file for nothing. A
+    ``metapartition-NAME`` without a ``partition-NAME`` holds no mailbox (Cyrus has no data
+    path for one) and is ignored.
+    """
+    metas = dict(metapartitions) if META_HEADER in metapartition_files else {}
+    metadirs = dict(header_metadirs)
+    roots: list[Path] = []
+    for name, data in partitions:
+        root = metadirs.get(name) or metas.get(name) or data
+        if root not in roots:
+            roots.append(root)
+    return roots
 
 
 @dataclass(frozen=True, slots=True)

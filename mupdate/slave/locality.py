@@ -5,7 +5,8 @@ plans only once it has ended; the first resync at start included), and before a 
 DELETE or move to another server of an entry we hold whose name no scan found, at most
 once per ``interval`` (60 s, or ten times the last scan's duration if longer, so a large
 legacy spool is not scanned without end). Scans run in a thread (``run``) and never two at
-once: a second request joins the one in flight.
+once: a second request joins the one in flight. "Partitions" here are the directories that
+hold the headers (``disk.header_roots``): a metapartition where Cyrus keeps them there.
 
 ``on_disk(name)`` is True when the last scan found the name, or when its legacy
 ``cyrus.header`` exists now (``make_on_disk``: one stat per partition, for mailboxes made

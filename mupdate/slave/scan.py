@@ -7,7 +7,8 @@ the mailbox's internal name (``mailbox_header_data_cstring``; read back by
 dlist form hold ``quotaroot TAB uniqueid`` there and no name. ``scan_partitions`` walks each
 partition and collects every name it finds: from ``N`` when the header has one, else from
 the legacy directory path (``disk.legacy_names``); a header in a uuid directory that names
-nothing (garbage) is reported as unnamed.
+nothing (garbage) is reported as unnamed. A "partition" here is the directory holding the
+headers: the metapartition when Cyrus keeps them there (``disk.header_roots``).
 
 Safety: whatever hides part of a partition (an absent or unreadable partition, a directory
 or header we may not read, an I/O error, a tree deeper than any Cyrus path) raises

@@ -42,7 +42,7 @@ from mupdate.net.sdnotify import notify_systemd
 from mupdate.net.server import MupdateServerFactory
 from mupdate.protocol.texts import ROLE_SLAVE_PREFIX
 from mupdate.slave.brake import BrakeSettings
-from mupdate.slave.disk import SpoolLayout
+from mupdate.slave.disk import SpoolLayout, header_roots
 from mupdate.slave.guard import LocalFacts
 from mupdate.slave.heal import Healer
 from mupdate.slave.kick import KickFactory, KickSocketBusy, clear_stale_socket, listen_kick
@@ -131,7 +131,14 @@ class SlaveService(StoreDaemon):
             raise SystemExit(f"mupdate-slave: cannot read the copy: {exc}") from None
         self.scan_pool = ThreadPool(minthreads=0, maxthreads=1, name="mupdate-slave-scan")
         self.locality = DiskLocality(
-            [path for _, path in settings.partitions] if settings.unified else [],
+            header_roots(
+                settings.partitions,
+                settings.metapartitions,
+                settings.metapartition_files,
+                settings.header_metadirs,
+            )
+            if settings.unified
+            else [],
             SpoolLayout(settings.hashimapspool, settings.fulldirhash),
             lambda scan: deferToThreadPool(reactor, self.scan_pool, scan),
             reactor,

@@ -784,6 +784,30 @@ def test_streamed_removal_of_a_name_no_scan_found_waits_for_a_rescan(tmp_path, e
     assert not conn.closing
 
 
+def test_headers_on_the_metapartition_keep_local_mailboxes(tmp_path, events):
+    # metapartition_files: header puts every cyrus.header under metapartition-p1; the data
+    # partition holds only messages. A scan finds the uuid one, the fast path the legacy one.
+    meta = tmp_path / "meta1"
+    slave, _ = _unified_with_partition(
+        tmp_path,
+        metapartitions=(("p1", meta),),
+        metapartition_files=frozenset({"header", "index"}),
+    )
+    write_header(meta, b"user.rem", "uuid")
+    slave.start()
+    conn = slave.conn
+    conn.sync(LOCAL_DUMP)
+    assert slave.locality.names == {b"user.rem"}
+    conn.feed(b'U01 MAILBOX "user.new" "be2!p" ""\r\n')
+    write_header(meta, b"user.new", "legacy")  # since the scan (say by XFER): the fast path
+    conn.feed(b'U01 DELETE "user.rem"\r\nU01 DELETE "user.new"\r\n')
+    assert slave.replica.barrier().called
+    assert {b"user.rem", b"user.new"} <= slave.stored().keys()
+    refusals = logged(events, LogLevel.error, "guard kept local mailbox", state="stream")
+    assert [r["mailbox"] for r in refusals] == ["user.rem", "user.new"]
+    assert not conn.closing
+
+
 def test_failed_rescan_resyncs_instead_of_applying(tmp_path, events):
     scans = ManualRunner()
     slave, partition = _unified_with_partition(tmp_path, scan_runner=scans)

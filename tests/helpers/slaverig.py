@@ -39,7 +39,7 @@ from mupdate.net.server import MupdateServerFactory
 from mupdate.protocol.texts import ROLE_SLAVE_PREFIX
 from mupdate.sasl.credentials import CredentialsFile
 from mupdate.slave.brake import BrakeSettings
-from mupdate.slave.disk import SpoolLayout
+from mupdate.slave.disk import SpoolLayout, header_roots
 from mupdate.slave.guard import LocalFacts
 from mupdate.slave.heal import Healer
 from mupdate.slave.locality import DiskLocality
@@ -187,7 +187,14 @@ class SlaveRig:
         self.store = InMemoryStore(entries)
         # Partition scans run where ``scan_runner`` says (at once by default), as tap builds it.
         self.locality = DiskLocality(
-            [path for _, path in self.settings.partitions] if self.settings.unified else [],
+            header_roots(
+                self.settings.partitions,
+                self.settings.metapartitions,
+                self.settings.metapartition_files,
+                self.settings.header_metadirs,
+            )
+            if self.settings.unified
+            else [],
             SpoolLayout(self.settings.hashimapspool, self.settings.fulldirhash),
             scan_runner,  # type: ignore[arg-type]  # fires with the scan's result
             self.clock,

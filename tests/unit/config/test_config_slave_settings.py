@@ -128,6 +128,31 @@ def test_spool_hashing_keys_are_cyrus_booleans():
     assert "hashimapspool" in error_of(BASE + "hashimapspool: maybe\n")
 
 
+def test_metapartition_keys_are_read_as_cyrus_names_them():
+    settings = settings_of(
+        BASE + "partition-default: /spool/a\npartition-b: /spool/b\n"
+        "metapartition-default: /meta/a\nmetapartition_files: header  index\n"
+        "metadir-header-b: /fast/b\n"
+    )
+    assert settings.partitions == (("b", Path("/spool/b")), ("default", Path("/spool/a")))
+    assert settings.metapartitions == (("default", Path("/meta/a")),)
+    assert settings.metapartition_files == frozenset({"header", "index"})
+    assert settings.header_metadirs == (("b", Path("/fast/b")),)
+    unset = settings_of(BASE + "partition-default: /spool/a\nmetapartition_files:\n")
+    assert (unset.metapartitions, unset.metapartition_files, unset.header_metadirs) == (
+        (),
+        frozenset(),
+        (),
+    )
+
+
+def test_unknown_metapartition_file_is_refused_as_cyrus_does():
+    assert error_of(BASE + "metapartition_files: header Index\n") == (
+        "s.conf:4: metapartition_files: unknown metadata file Index (Cyrus knows "
+        "annotations archivecache cache dav expunge header index lock squat)"
+    )
+
+
 def test_realm_is_read_as_given():
     # Kept for the same imapd.conf as Cyrus; the slave warns at start that it has no effect.
     assert settings_of(BASE + "mupdate_realm: EXAMPLE.TEST\n").realm == "EXAMPLE.TEST"

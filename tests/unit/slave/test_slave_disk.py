@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from mupdate.slave.disk import SpoolLayout, dir_hash, header_path, legacy_names, make_on_disk
+from mupdate.slave.disk import (
+    SpoolLayout,
+    dir_hash,
+    header_path,
+    header_roots,
+    legacy_names,
+    make_on_disk,
+)
 
 P = Path("/var/spool/cyrus/mail")
 
@@ -166,6 +173,43 @@ def test_make_on_disk_unreadable_spool_raises_rather_than_says_absent(
             make_on_disk([p1])(b"user.alice")
     finally:
         (p1 / "user").chmod(0o755)
+
+
+# -- metapartitions: where Cyrus 3.6's mboxname_metapath puts cyrus.header ----------------
+
+DATA = (("a", Path("/data/a")), ("b", Path("/data/b")))
+META = (("a", Path("/meta/a")), ("c", Path("/meta/c")))
+
+
+@pytest.mark.parametrize(
+    ("files", "metadirs", "roots"),
+    [
+        ((), (), ["/data/a", "/data/b"]),
+        ({"index", "cache"}, (), ["/data/a", "/data/b"]),  # the header stays with the data
+        ({"header"}, (), ["/meta/a", "/data/b"]),  # b has no metapartition; c has no data
+        ({"header", "index"}, (("b", Path("/fast/b")),), ["/meta/a", "/fast/b"]),
+        ((), (("a", Path("/fast/a")),), ["/fast/a", "/data/b"]),  # metadir-header wins alone
+    ],
+)
+def test_header_roots_follow_cyrus(
+    files: set[str], metadirs: tuple[tuple[str, Path], ...], roots: list[str]
+) -> None:
+    assert header_roots(DATA, META, files, metadirs) == [Path(r) for r in roots]
+
+
+def test_header_roots_name_a_shared_directory_once() -> None:
+    shared = (("a", Path("/meta")), ("b", Path("/meta")))
+    assert header_roots(DATA, shared, {"header"}) == [Path("/meta")]
+
+
+def test_make_on_disk_finds_a_legacy_header_on_the_metapartition(tmp_path: Path) -> None:
+    data, meta = tmp_path / "data", tmp_path / "meta"
+    make_header(meta, "user/alice")
+    (data / "user" / "alice").mkdir(parents=True)
+    (data / "user" / "alice" / "1.").write_bytes(b"a message")
+    partitions, metas = (("p", data),), (("p", meta),)
+    assert make_on_disk(header_roots(partitions, metas, {"header"}))(b"user.alice") is True
+    assert make_on_disk(header_roots(partitions, metas, {"index"}))(b"user.alice") is False
 
 
 # -- hashimapspool: Cyrus's hash letters (seen on Cyrus 3.6.1 with hashimapspool: yes) ----

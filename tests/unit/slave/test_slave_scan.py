@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mupdate.slave.disk import header_roots
 from mupdate.slave.scan import (
     MAGIC,
     MAX_UNNAMED_SHOWN,
@@ -160,6 +161,55 @@ def test_scan_several_partitions(tmp_path: Path) -> None:
     put(p1, "uuid/x/4/x4wc3csw9usap879mghge8wh", ALICE)
     put(p2, "user/carol", CAROL)
     assert scan_partitions([p1, p2]).names == {b"user.alice", b"user.carol"}
+
+
+def test_scan_finds_headers_only_on_the_metapartition(tmp_path: Path) -> None:
+    # metapartition_files: header index: Cyrus writes cyrus.header (and cyrus.index) under
+    # metapartition-p1, in the same directories it makes for messages on partition-p1.
+    data, meta = tmp_path / "data", tmp_path / "meta"
+    (data / "uuid/x/4/x4wc3csw9usap879mghge8wh").mkdir(parents=True)
+    (data / "uuid/x/4/x4wc3csw9usap879mghge8wh/1.").write_bytes(b"a message")
+    (data / "c/user/carol").mkdir(parents=True)
+    put(meta, "uuid/x/4/x4wc3csw9usap879mghge8wh", ALICE)
+    put(meta, "c/user/carol", CAROL)
+    (meta / "c/user/carol/cyrus.index").write_bytes(b"index")
+    roots = header_roots((("p1", data),), (("p1", meta),), {"header", "index"})
+    assert roots == [meta]
+    assert scan_partitions(roots).names == {b"user.alice", b"user.carol"}
+    assert scan_partitions([data]).names == set()  # what the data partition alone says
+
+
+def test_scan_keeps_to_the_data_partition_without_header_in_metapartition_files(
+    tmp_path: Path,
+) -> None:
+    data, meta = tmp_path / "data", tmp_path / "meta"
+    put(data, "uuid/x/4/x4wc3csw9usap879mghge8wh", ALICE)
+    (meta / "uuid/x/4/x4wc3csw9usap879mghge8wh").mkdir(parents=True)
+    (meta / "uuid/x/4/x4wc3csw9usap879mghge8wh/cyrus.index").write_bytes(b"index")
+    put(meta, "uuid/s/t/stale0000000000000000000", CAROL)  # not where Cyrus reads headers
+    roots = header_roots((("p1", data),), (("p1", meta),), {"index", "cache"})
+    assert roots == [data]
+    assert scan_partitions(roots).names == {b"user.alice"}
+
+
+def test_scan_of_an_absent_metapartition_fails(tmp_path: Path) -> None:
+    # An unmounted metapartition hides every header: an error, never "not here".
+    data = tmp_path / "data"
+    put(data, "uuid/x/4/x4wc3csw9usap879mghge8wh", ALICE)
+    roots = header_roots((("p1", data),), (("p1", tmp_path / "meta"),), {"header"})
+    with pytest.raises(FileNotFoundError):
+        scan_partitions(roots)
+
+
+def test_scan_of_a_metapartition_does_not_follow_links_out_of_it(tmp_path: Path) -> None:
+    data, meta = tmp_path / "data", tmp_path / "meta"
+    put(data, "user/alice", ALICE)  # a stale header left on the data partition
+    (meta / "user" / "alice").mkdir(parents=True)
+    (meta / "user" / "alice" / "cyrus.header").symlink_to(data / "user/alice/cyrus.header")
+    (meta / "data").symlink_to(data)  # a directory link
+    result = scan_partitions(header_roots((("p1", data),), (("p1", meta),), {"header"}))
+    assert result.names == set()
+    assert result.links == 1
 
 
 def test_scan_of_an_empty_partition_finds_nothing(tmp_path: Path) -> None:
