@@ -97,12 +97,21 @@ class Metrics:
             ["mechanism"], registry=r,
         )  # fmt: skip
         self._resync_seconds: Histogram | None = None
+        self._command_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     # -- events -----------------------------------------------------------------------
 
     def command(self, command: str, outcome: str, seconds: float) -> None:
-        self._commands.labels(command, outcome).inc()
-        self._command_seconds.labels(command).observe(max(seconds, 0.0))
+        # ``labels()`` validates and looks its child up on every call; a few names and
+        # outcomes exist, so their children are kept (a per-command cost otherwise).
+        children = self._command_children.get((command, outcome))
+        if children is None:
+            children = self._command_children[command, outcome] = (
+                self._commands.labels(command, outcome),
+                self._command_seconds.labels(command),
+            )
+        children[0].inc()
+        children[1].observe(max(seconds, 0.0))
 
     def protocol_error(self, outcome: str) -> None:
         self._protocol_errors.labels(outcome).inc()

@@ -212,13 +212,18 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         self.answered(event)
 
     def send_reply(self, reply: Reply) -> None:
-        assert self.output is not None
-        for item in reply:
-            if isinstance(item, Iterator):
-                self.output.write_lazy(item)
-            else:
-                self.output.write(self.engine.send(item))
-                self.answered(item)
+        output = self.output
+        assert output is not None
+        output.hold()  # a reply's lines leave in one send
+        try:
+            for item in reply:
+                if isinstance(item, Iterator):
+                    output.write_lazy(item)
+                else:
+                    output.write(self.engine.send(item))
+                    self.answered(item)
+        finally:
+            output.release()
 
     def answered(self, event: Response) -> None:
         """A command's tagged answer went out: count its outcome and time (metrics)."""
@@ -238,6 +243,8 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         self._finish_close()
 
     def _finish_close(self) -> None:
+        if self.output is not None:
+            self.output.flush()
         if self.output is not None and not self.output.idle:
             self.factory.clock.callLater(0.05, self._finish_close)
             return
@@ -257,6 +264,8 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         transport = self.transport
         if transport is None:
             return
+        if self.output is not None:
+            self.output.flush()  # what was answered before leaves before the BYE
         transport.write(self.engine.send(Bye(text_, trailing_nul=trailing_nul)))
         if self.output is not None:
             self.output.stopProducing()
@@ -294,10 +303,17 @@ class MupdateServerProtocol(ServerLogin, Protocol):
         if self._pumping:
             return
         self._pumping = True
+        output = self.output
+        if output is not None:
+            output.hold()  # the answers to one read leave in one send
         try:
             self._pump_events()
         finally:
             self._pumping = False
+            if output is not None:
+                output.release()
+                if output.paused and not self._closing:
+                    self._stop_reading()  # the transport paused us as the held bytes left
 
     def _pump_events(self) -> None:
         while not self._busy and not self._closing:

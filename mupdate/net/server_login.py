@@ -121,6 +121,7 @@ class ServerLogin:
         assert transport is not None
         assert options is not None  # the engine refuses STARTTLS without options
         assert self.output is not None
+        self.output.flush()  # answers held in this pump leave in clear, before the OK
         if not self.output.idle:
             # The OK must leave in clear before the switch; a peer that pipelined STARTTLS
             # behind unread output cannot be served in order.
