@@ -25,6 +25,20 @@ from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.internet.tcp import Connection
 from zope.interface import implementer
 
+#: Twisted's private TCP fields the direct send reads; a Twisted without one of them (a
+#: later release may rename them) gets ``transport.write`` only, as before.
+_TCP_FIELDS = (
+    "TLS",
+    "connected",
+    "disconnecting",
+    "_writeDisconnecting",
+    "_writeDisconnected",
+    "_tempDataBuffer",
+    "offset",
+    "dataBuffer",
+    "socket",
+)
+
 #: Held bytes past this go to the transport at once, so its back-pressure (pauseProducing
 #: past its own 64 KiB) still reaches a long pipelined burst.
 HOLD_MAX = 65536
@@ -52,7 +66,9 @@ class OutputQueue:
         self._held: list[bytes] = []
         self._held_len = 0
         # A plain TCP transport can be sent to at once when its own buffer is empty.
-        self._tcp = transport if isinstance(transport, Connection) else None
+        self._tcp: Connection | None = None
+        if isinstance(transport, Connection) and all(hasattr(transport, f) for f in _TCP_FIELDS):
+            self._tcp = transport
 
     @property
     def queued_bytes(self) -> int:
