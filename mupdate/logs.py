@@ -437,6 +437,26 @@ class _AuditOnly:
         return result
 
 
+@implementer(ILogFilterPredicate)
+class _Wanted:
+    """Events some branch keeps: at or above the level, or audit lines (at any level).
+    Checked before the redaction pass, so a filtered-out debug event (a command trace, one
+    per command) costs only this test."""
+
+    def __init__(self, level: LogLevel) -> None:
+        self._levels = LogLevelFilterPredicate(defaultLogLevel=level)
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        result: PredicateResult
+        if event.get("log_namespace") == AUDIT_NAMESPACE:
+            result = PredicateResult.yes
+        elif self._levels(event) is PredicateResult.no:
+            result = PredicateResult.no
+        else:
+            result = PredicateResult.maybe
+        return result
+
+
 def open_audit_log(path: Path) -> IO[str]:
     """Append-only, created 0640; a failure names the file (twistd then exits)."""
     try:
@@ -470,7 +490,7 @@ def build_observer(
         branches.append(
             FilteringLogObserver(JsonLinesObserver(sink, settings.audit_fsync), [_AuditOnly()])
         )
-    return RedactingObserver(_Fanout(branches))
+    return FilteringLogObserver(RedactingObserver(_Fanout(branches)), [_Wanted(level)])
 
 
 # -- twistd ----------------------------------------------------------------------------
