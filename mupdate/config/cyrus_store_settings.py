@@ -54,7 +54,7 @@ class CyrusStoreSettings:
 
 
 def cyrus_store_settings(
-    values: Mapping[str, ConfigRecord], parse_duration: object
+    values: Mapping[str, ConfigRecord], parse_positive_duration: object
 ) -> CyrusStoreSettings | None:
     """The Cyrus store's settings when ``mupdate_slave_store: cyrus``; None for SQLite."""
     record = values.get("mupdate_slave_store")
@@ -94,10 +94,7 @@ def cyrus_store_settings(
     if "mupdate_cyrus_user" in values:
         fields["user"] = values["mupdate_cyrus_user"].value.strip()
     if "mupdate_cyrus_timeout" in values:
-        seconds = parse_duration(values["mupdate_cyrus_timeout"])  # type: ignore[operator]
-        if seconds <= 0:
-            raise SettingsError(f"{where(values['mupdate_cyrus_timeout'])}: must be above 0")
-        fields["timeout"] = seconds
+        fields["timeout"] = parse_positive_duration(values["mupdate_cyrus_timeout"])  # type: ignore[operator]
     return CyrusStoreSettings(**fields)  # type: ignore[arg-type]  # checked above
 
 

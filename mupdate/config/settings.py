@@ -68,6 +68,14 @@ def parse_duration(record: ConfigRecord) -> float:
     return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
+def parse_positive_duration(record: ConfigRecord) -> float:
+    """A duration that must not be 0 (a timeout of nothing would fail everything at once)."""
+    seconds = parse_duration(record)
+    if seconds <= 0:
+        raise SettingsError(f"{_where(record)}: must be above 0")
+    return seconds
+
+
 def parse_words(record: ConfigRecord) -> tuple[str, ...]:
     return tuple(record.value.split())
 
@@ -256,17 +264,13 @@ def server_fields(values: Mapping[str, ConfigRecord], default_servername: str) -
     if "sasl_saslauthd_path" in values:
         out["saslauthd_path"] = Path(values["sasl_saslauthd_path"].value)
     if "mupdate_saslauthd_timeout" in values:
-        out["saslauthd_timeout"] = parse_duration(values["mupdate_saslauthd_timeout"])
-        if out["saslauthd_timeout"] == 0:
-            raise SettingsError(f"{_where(values['mupdate_saslauthd_timeout'])}: must be above 0")
+        out["saslauthd_timeout"] = parse_positive_duration(values["mupdate_saslauthd_timeout"])
     if "failedloginpause" in values:
         out["failed_login_pause"] = parse_duration(values["failedloginpause"])
     if "mupdate_auth_attempts_max" in values:
         out["auth_attempts_max"] = parse_int(values["mupdate_auth_attempts_max"], 1)
     if "mupdate_login_timeout" in values:
-        out["login_timeout"] = parse_duration(values["mupdate_login_timeout"])
-        if out["login_timeout"] == 0:
-            raise SettingsError(f"{_where(values['mupdate_login_timeout'])}: must be above 0")
+        out["login_timeout"] = parse_positive_duration(values["mupdate_login_timeout"])
     if "mupdate_connections_max" in values:
         out["connections_max"] = parse_int(values["mupdate_connections_max"], 1)
     if "mupdate_idle_timeout" in values:
@@ -475,7 +479,7 @@ def slave_settings(
     if "mupdate_slave_database" in values:
         fields["database"] = Path(values["mupdate_slave_database"].value)
     fields["client_tls"] = client_tls(values)  # mupdate_starttls, tls_server_ca_file, ...
-    fields["cyrus_store"] = cyrus_store_settings(values, parse_duration)
+    fields["cyrus_store"] = cyrus_store_settings(values, parse_positive_duration)
     fields["kick_socket"] = kick_socket_path(values, fields["cyrus_store"])  # type: ignore[arg-type]
     if "mupdate_resync_remove_delay" in values:
         fields["remove_delay"] = parse_duration(values["mupdate_resync_remove_delay"])
